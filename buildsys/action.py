@@ -1,0 +1,81 @@
+"""Actions and their keys.
+
+An action is one target fully resolved: the recipe text after expansion, the
+digest of every input, the parameters, the declared environment. Its key is
+the blake3 of a canonical JSON encoding. Nothing that cannot change a result
+(mtimes, the checkout's absolute path, the user, the host) goes in.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import asdict, dataclass
+
+from .digest import hash_bytes
+
+SCHEMA = "bb-action-1"
+
+
+@dataclass(frozen=True)
+class Action:
+    target: str
+    recipe: str
+    inputs: tuple[tuple[str, str], ...]  # (path, digest); a directory's digest is its tree's
+    outputs: tuple[str, ...]
+    params: tuple[tuple[str, str], ...]
+    env: tuple[tuple[str, str | None], ...]  # declared variables and their values
+    environment: tuple[tuple[str, str], ...]  # image, requirements digest, shell
+    schema: str = SCHEMA
+
+    def canonical(self) -> bytes:
+        # The target's name is not part of the key: two rules doing the same
+        # work on the same inputs into the same paths share a result.
+        body = asdict(self)
+        body.pop("target")
+        return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+    def key(self) -> str:
+        return hash_bytes(self.canonical())
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Action":
+        return cls(
+            target=data["target"],
+            recipe=data["recipe"],
+            inputs=tuple(tuple(x) for x in data["inputs"]),
+            outputs=tuple(data["outputs"]),
+            params=tuple(tuple(x) for x in data["params"]),
+            env=tuple(tuple(x) for x in data["env"]),
+            environment=tuple(tuple(x) for x in data["environment"]),
+            schema=data.get("schema", ""),
+        )
+
+
+def diff(old: Action, new: Action) -> list[str]:
+    """What changed from `old` to `new`, one line per changed field."""
+    lines: list[str] = []
+    if old.schema != new.schema:
+        lines.append(f"bb's key schema changed ({old.schema} -> {new.schema})")
+    old_in, new_in = dict(old.inputs), dict(new.inputs)
+    for path in sorted(new_in.keys() - old_in.keys()):
+        lines.append(f"input added: {path}")
+    for path in sorted(old_in.keys() - new_in.keys()):
+        lines.append(f"input removed: {path}")
+    for path in sorted(old_in.keys() & new_in.keys()):
+        if old_in[path] != new_in[path]:
+            lines.append(f"input changed: {path} ({old_in[path][:12]} -> {new_in[path][:12]})")
+    if old.recipe != new.recipe:
+        lines.append("recipe changed:")
+        changed = difflib.unified_diff(old.recipe.splitlines(), new.recipe.splitlines(), lineterm="", n=0)
+        lines.extend("    " + d for d in changed if not d.startswith(("---", "+++", "@@")))
+    for label, a, b in (("param", old.params, new.params), ("env", old.env, new.env), ("environment", old.environment, new.environment)):
+        da, db = dict(a), dict(b)
+        for name in sorted(da.keys() | db.keys()):
+            if da.get(name) != db.get(name):
+                lines.append(f"{label} {name}: {da.get(name)!r} -> {db.get(name)!r}")
+    if old.outputs != new.outputs:
+        lines.append(f"outputs changed: {' '.join(old.outputs)} -> {' '.join(new.outputs)}")
+    return lines

@@ -1,0 +1,406 @@
+"""The `bb` command. Make's flags where Make has one (-C, -f, -j, -k, -n, -B)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+from . import __version__
+from .errors import BatchfileError, BBError, BuildFailed, Interrupted
+
+BATCHFILE_NAMES = ("Batchfile", "batchfile", "Batchfile.bb")
+
+
+@dataclass
+class Context:
+    root: str
+    batchfile: str
+    graph: object
+    workspace: object
+    store: object
+
+
+def _find_batchfile(explicit: str | None) -> str:
+    if explicit:
+        if not os.path.exists(explicit):
+            raise BatchfileError(f"no Batchfile at '{explicit}'.", hint="Check the path given to -f.")
+        return explicit
+    for name in BATCHFILE_NAMES:
+        if os.path.exists(name):
+            return name
+    raise BatchfileError(
+        f"no Batchfile in {os.getcwd()}.",
+        hint="Run bb in a folder with a Batchfile, or point to one with -f FILE or -C DIR.",
+    )
+
+
+def _split_overrides(words: list[str]) -> tuple[list[str], dict[str, str]]:
+    targets, overrides = [], {}
+    for w in words:
+        name, eq, value = w.partition("=")
+        if eq and name.isidentifier():
+            overrides[name] = value
+        else:
+            targets.append(w)
+    return targets, overrides
+
+
+def load_context(args, wanted=()) -> Context:
+    from .graph import build_graph
+    from .parse import load
+    from .store import LocalStore
+    from .workspace import STATE_DIR, Workspace
+
+    path = _find_batchfile(args.file)
+    root = os.path.dirname(os.path.abspath(path))
+    model = load(path, os.path.join(root, STATE_DIR))
+    graph = build_graph(model, getattr(args, "overrides", {}), root, wanted=wanted)
+    store_dir = getattr(args, "store", None) or os.environ.get("BB_STORE") or graph.settings.store or STATE_DIR
+    store_dir = os.path.join(root, os.path.expanduser(store_dir))
+    return Context(root, path, graph, Workspace(root), LocalStore(store_dir))
+
+
+# ---- build / plan ---------------------------------------------------------------
+
+
+def _run(args, *, dry_run: bool):
+    from .graph import select
+    from .plan import Planner
+    from .schedule import Scheduler
+    from .ui import PlainUI, make_ui
+
+    targets, args.overrides = _split_overrides(args.targets)
+    ctx = load_context(args, wanted=targets)
+    roots = select(ctx.graph, targets)
+    jobs = args.jobs or ctx.graph.settings.jobs or os.cpu_count() or 1
+    quiet = args.quiet or dry_run
+    ui = PlainUI(quiet=True) if dry_run else make_ui(verbose=args.verbose, quiet=quiet)
+    planner = Planner(ctx.graph, ctx.store, ctx.workspace)
+    executor = None
+    if not dry_run:
+        from .executors.local import LocalExecutor
+
+        executor = LocalExecutor()
+    sched = Scheduler(planner, executor, ui, jobs=jobs, keep_going=args.keep_going, always=args.always_make, dry_run=dry_run, explain=args.verbose)
+    t0 = time.time()
+    try:
+        reports = sched.build(roots)
+        if not dry_run:
+            _bring_home(ctx, planner, sched, roots, ui)
+    except KeyboardInterrupt:
+        raise Interrupted(
+            "interrupted. Running recipes were stopped; nothing unfinished was recorded.",
+            hint="Run the same command again to resume.",
+        ) from None
+    finally:
+        ctx.workspace.save()
+        ui.end()
+    return ctx, roots, reports, time.time() - t0
+
+
+def _bring_home(ctx, planner, sched, roots, ui):
+    """Requested targets that came from the store appear in the workspace."""
+    from .materialize import materialize
+
+    seen, stack = set(), list(roots)
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        target = ctx.graph.targets[name]
+        if target.phony and target.recipe is None:
+            stack.extend(ctx.graph.deps[name])
+            continue
+        result = planner.results.get(name)
+        if result is not None and sched.reports[name].status == "cached":
+            for path in materialize(ctx.store, ctx.workspace.stats, ctx.root, result.outputs):
+                ui.note(f"restored {path} from the store")
+
+
+def _summary(reports, seconds) -> dict:
+    counts: dict[str, int] = {}
+    for r in reports.values():
+        counts[r.status] = counts.get(r.status, 0) + 1
+    return {"counts": counts, "seconds": round(seconds, 3)}
+
+
+def cmd_build(args) -> int:
+    if args.dry_run:
+        return cmd_plan(args, recipes=True)
+    ctx, roots, reports, seconds = _run(args, dry_run=False)
+    failed = [r for r in reports.values() if r.status == "failed"]
+    summary = _summary(reports, seconds)
+    if args.json:
+        print(json.dumps({"targets": [r.to_json() for r in reports.values()], "summary": summary, "ok": not failed}, indent=2))
+    if not args.quiet:
+        parts = ", ".join(f"{n} {s}" for s, n in sorted(summary["counts"].items()))
+        print(f"bb: {parts} in {seconds:.2f}s", file=sys.stderr)
+    if failed:
+        names = ", ".join(f"'{r.name}'" for r in failed[:5])
+        raise BuildFailed(f"{len(failed)} target(s) failed: {names}.", hint="Their output is shown above; fix and run again (finished targets are kept).")
+    return 0
+
+
+def cmd_plan(args, recipes=False) -> int:
+    ctx, roots, reports, _ = _run(args, dry_run=True)
+    if getattr(args, "json", False):
+        print(json.dumps({"targets": [r.to_json() for r in reports.values()]}, indent=2))
+        return 0
+    to_run = 0
+    for r in reports.values():
+        if r.status == "would run":
+            to_run += 1
+            print(f"run     {r.name}")
+            for reason in r.reasons:
+                print(f"        {reason}" if reason.startswith("    ") else f"        because {reason}")
+            target = ctx.graph.targets[r.name]
+            if recipes and target.recipe:
+                for line in target.recipe.splitlines():
+                    print(f"        $ {line}")
+        elif args.verbose:
+            print(f"{r.status:<8}{r.name}")
+    cached = sum(1 for r in reports.values() if r.status == "cached")
+    print(f"bb: {to_run} to run, {cached} cached", file=sys.stderr)
+    return 0
+
+
+def cmd_why(args) -> int:
+    args.targets = [args.target] + args.overrides_words
+    args.jobs, args.keep_going, args.always_make, args.verbose, args.quiet = 1, True, False, False, True
+    ctx, roots, reports, _ = _run(args, dry_run=True)
+    name = roots[0]
+    report = reports[name]
+    if report.status == "cached":
+        print(f"'{name}' is up to date: its key {report.key[:16]} is in the store.")
+        return 0
+    target = ctx.graph.targets[name]
+    if target.phony and target.recipe is None:
+        stale = [d for d in ctx.graph.deps[name] if reports[d].status != "cached"]
+        print(f"'{name}' is an alias; out of date: {', '.join(stale)}")
+        chain = stale[:1]
+    else:
+        chain = [name]
+    # Follow "input X will be rebuilt by Y" to the first target whose own inputs changed.
+    seen = set()
+    while chain:
+        current = chain.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        r = reports[current]
+        print(f"'{current}' must be rebuilt:")
+        for reason in r.reasons:
+            print(f"    {reason.strip()}" if reason.startswith("    ") else f"  - {reason}")
+        if r.key is None:
+            chain.extend(d for d in ctx.graph.deps[current] if reports[d].status == "would run")
+    return 0
+
+
+# ---- inspection ---------------------------------------------------------------------
+
+
+def cmd_list(args) -> int:
+    args.overrides = {}
+    ctx = load_context(args)
+    rows = []
+    for t in ctx.graph.targets.values():
+        rows.append({
+            "target": t.name,
+            "outputs": list(t.outputs) if not t.phony else [],
+            "inputs": list(t.inputs),
+            "phony": t.phony,
+            "default": t.name == ctx.graph.default,
+            "where": str(t.location),
+        })
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if sys.stdout.isatty():
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table("target", "inputs", "kind", "defined at", box=None)
+        for r in rows:
+            kind = ("phony" if r["phony"] else "file") + (", default" if r["default"] else "")
+            table.add_row(r["target"], str(len(r["inputs"])), kind, r["where"])
+        Console().print(table)
+    else:
+        for r in rows:
+            print(r["target"])
+    return 0
+
+
+def cmd_graph(args) -> int:
+    from .export import to_dot, to_mermaid
+    from .graph import select
+
+    targets, args.overrides = _split_overrides(args.targets)
+    ctx = load_context(args, wanted=targets)
+    names = ctx.graph.closure(select(ctx.graph, targets)) if targets else list(ctx.graph.targets)
+    print(to_mermaid(ctx.graph, names) if args.format == "mermaid" else to_dot(ctx.graph, names))
+    return 0
+
+
+def cmd_clean(args) -> int:
+    import shutil
+
+    from .graph import select
+    from .materialize import remove_outputs
+
+    targets, args.overrides = _split_overrides(args.targets)
+    ctx = load_context(args, wanted=targets)
+    names = select(ctx.graph, targets) if targets else list(ctx.graph.targets)
+    removed = 0
+    for name in names:
+        t = ctx.graph.targets[name]
+        if t.phony:
+            continue
+        present = [o for o in t.outputs if os.path.lexists(os.path.join(ctx.root, o.rstrip("/")))]
+        remove_outputs(ctx.root, t.outputs)
+        removed += len(present)
+    print(f"bb: removed {removed} output(s) from the workspace; the store still has them", file=sys.stderr)
+    if args.purge:
+        shutil.rmtree(ctx.store.root, ignore_errors=True)
+        print(f"bb: removed the local store {ctx.store.root}", file=sys.stderr)
+    return 0
+
+
+def cmd_cache_gc(args) -> int:
+    from .gc import collect, parse_age, parse_size
+
+    if args.max_size is None and args.max_age is None:
+        raise BBError("say what to keep: --max-size (such as 10G) and/or --max-age (such as 30d).", )
+    args.overrides = {}
+    ctx = load_context(args)
+    keep = set(ctx.workspace.last.values()) if not args.include_current else set()
+    report = collect(
+        ctx.store,
+        max_size=parse_size(args.max_size) if args.max_size else None,
+        max_age=parse_age(args.max_age) if args.max_age else None,
+        keep=keep,
+        dry_run=args.dry_run,
+    )
+    verb = "would remove" if args.dry_run else "removed"
+    print(
+        f"bb: {verb} {report.results_removed} action result(s) and {report.blobs_removed} blob(s), "
+        f"{_human(report.bytes_freed)}; kept {report.results_kept} result(s), {_human(report.bytes_kept)}"
+    )
+    return 0
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+# ---- argument parsing ---------------------------------------------------------------
+
+
+def _common(default) -> argparse.ArgumentParser:
+    # The same options before and after the command; after it they must not
+    # reset what was given before it, hence SUPPRESS as their default there.
+    common = argparse.ArgumentParser(add_help=False, argument_default=default)
+    common.add_argument("-C", "--directory", metavar="DIR", help="change to DIR before doing anything")
+    common.add_argument("-f", "--file", metavar="FILE", help="read FILE as the Batchfile")
+    common.add_argument("--store", metavar="DIR", help="local store folder (default: setting 'store', $BB_STORE, or .bb)")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common(argparse.SUPPRESS)
+
+    parser = argparse.ArgumentParser(
+        prog="bb",
+        description="bb builds the targets of a Batchfile, running only what is not already in its content-addressed store.",
+        epilog="Run 'bb COMMAND --help' for a command's options. Exit codes: 0 ok, 1 build failed, 2 bad Batchfile or usage, 130 interrupted.",
+        parents=[_common(None)],
+    )
+    parser.add_argument("--version", action="version", version=f"bb {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def build_options(p):
+        p.add_argument("targets", nargs="*", metavar="TARGET|VAR=VALUE", help="targets, output paths or glob patterns; VAR=VALUE overrides a variable")
+        p.add_argument("-j", "--jobs", type=int, metavar="N", help="run N recipes at once (default: the number of cores)")
+        p.add_argument("-k", "--keep-going", action="store_true", help="keep building what does not depend on a failed target")
+        p.add_argument("-B", "--always-make", action="store_true", help="run every recipe, ignoring the store")
+        p.add_argument("-v", "--verbose", action="store_true", help="show every target, why it ran, and recipe output")
+        p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+        p.add_argument("--json", action="store_true", help="print a machine-readable report on stdout at the end")
+
+    p = sub.add_parser("build", parents=[common], help="build targets (the default target if none is named)")
+    build_options(p)
+    p.add_argument("-n", "--dry-run", action="store_true", help="print what would run and why, run nothing")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("plan", parents=[common], help="show what a build would run, and why")
+    build_options(p)
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("why", parents=[common], help="explain why a target would be rebuilt: which input, line or parameter changed")
+    p.add_argument("target")
+    p.add_argument("overrides_words", nargs="*", metavar="VAR=VALUE")
+    p.set_defaults(func=cmd_why)
+
+    p = sub.add_parser("list", parents=[common], help="list the targets")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("graph", parents=[common], help="print the dependency graph (DOT or Mermaid)")
+    p.add_argument("targets", nargs="*", metavar="TARGET")
+    p.add_argument("--format", choices=("dot", "mermaid"), default="dot")
+    p.set_defaults(func=cmd_graph)
+
+    p = sub.add_parser("clean", parents=[common], help="remove targets' outputs from the workspace (the store keeps them)")
+    p.add_argument("targets", nargs="*", metavar="TARGET")
+    p.add_argument("--purge", action="store_true", help="also delete the local store")
+    p.set_defaults(func=cmd_clean)
+
+    cache = sub.add_parser("cache", help="manage the store").add_subparsers(dest="cache_command", metavar="COMMAND")
+    p = cache.add_parser("gc", parents=[common], help="delete old results and unreferenced blobs from the local store")
+    p.add_argument("--max-size", metavar="SIZE", help="shrink the store to SIZE (such as 10G), oldest results first")
+    p.add_argument("--max-age", metavar="AGE", help="drop results not used for AGE (such as 30d)")
+    p.add_argument("--include-current", action="store_true", help="may also drop the current targets' last builds")
+    p.add_argument("-n", "--dry-run", action="store_true", help="say what would be removed")
+    p.set_defaults(func=cmd_cache_gc)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(argv)
+    if args.command is None:
+        args = parser.parse_args(argv + ["build"])
+    if getattr(args, "func", None) is None:
+        parser.parse_args(argv + ["--help"])
+    try:
+        if args.directory:
+            try:
+                os.chdir(args.directory)
+            except OSError as err:
+                raise BBError(f"cannot change to directory '{args.directory}': {err.strerror}.") from None
+        return args.func(args)
+    except BBError as err:
+        print(err.render(), file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("bb: interrupted.", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+    except Exception as err:  # a bug in bb, not bad input: one paragraph, traceback on demand
+        if os.environ.get("BB_DEBUG"):
+            raise
+        print(f"bb: internal error: {type(err).__name__}: {err}. This is a bug in bb; rerun with BB_DEBUG=1 for a traceback and report it.", file=sys.stderr)
+        return 3
+
+
+def entry() -> None:
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Digests (blake3 of bytes) and the stat cache that spares re-hashing.
+
+A file's digest is remembered against (size, mtime_ns, inode, ctime_ns), as git
+and DVC do; only files whose stat changed are read again. A directory's digest
+is the digest of its canonical listing (relative path, executable bit, digest
+of each file), so trees are keyed by content exactly like files.
+"""
+from __future__ import annotations
+
+import json
+import os
+import stat as statmod
+import time
+from dataclasses import dataclass
+
+from blake3 import blake3
+
+CHUNK = 1 << 22
+
+
+def hash_bytes(data: bytes) -> str:
+    return blake3(data).hexdigest()
+
+
+def hash_file(path: str) -> str:
+    h = blake3()
+    size = os.path.getsize(path)
+    if size > 64 << 20:
+        # blake3 maps large files itself, without Python's chunk loop
+        h.update_mmap(path)
+        return h.hexdigest()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class FileDigest:
+    digest: str
+    size: int
+    executable: bool = False
+
+
+TREE_KIND = "tree"
+FILE_KIND = "file"
+
+
+def tree_manifest(entries: dict[str, FileDigest]) -> bytes:
+    """The canonical listing of a directory: sorted, relative, '/'-separated."""
+    listing = [[rel, fd.digest, fd.size, fd.executable] for rel, fd in sorted(entries.items())]
+    return json.dumps(listing, separators=(",", ":")).encode()
+
+
+class StatCache:
+    """path -> digest, trusted while the file's stat is unchanged."""
+
+    # A file modified within this window of its hashing could change again
+    # inside one mtime tick; such entries are not trusted (git's racy-clean rule).
+    RACY_SECONDS = 2.0
+
+    def __init__(self, path: str | None):
+        self.path = path
+        self.entries: dict[str, list] = {}
+        self.dirty = False
+        if path:
+            try:
+                with open(path) as f:
+                    self.entries = json.load(f)
+            except (OSError, ValueError):
+                self.entries = {}
+
+    def file(self, path: str, st: os.stat_result | None = None) -> FileDigest:
+        st = st or os.stat(path)
+        sig = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
+        entry = self.entries.get(path)
+        executable = bool(st.st_mode & statmod.S_IXUSR)
+        if entry is not None and entry[:4] == sig:
+            return FileDigest(entry[4], st.st_size, executable)
+        digest = hash_file(path)
+        self.remember(path, st, digest)
+        return FileDigest(digest, st.st_size, executable)
+
+    def remember(self, path: str, st: os.stat_result, digest: str) -> None:
+        if time.time() - st.st_mtime_ns / 1e9 < self.RACY_SECONDS:
+            self.entries.pop(path, None)
+            return
+        self.entries[path] = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, digest]
+        self.dirty = True
+
+    def tree(self, root: str) -> dict[str, FileDigest]:
+        """Digest every file under a directory, keyed by '/'-separated relative path."""
+        out: dict[str, FileDigest] = {}
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            for name in filenames:
+                full = os.path.join(dirpath, name)
+                rel = os.path.relpath(full, root).replace(os.sep, "/")
+                out[rel] = self.file(full)
+        return out
+
+    def save(self) -> None:
+        if not (self.dirty and self.path):
+            return
+        tmp = f"{self.path}.{os.getpid()}.tmp"
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            with open(tmp, "w") as f:
+                json.dump(self.entries, f, separators=(",", ":"))
+            os.replace(tmp, self.path)
+            self.dirty = False
+        except OSError:
+            pass

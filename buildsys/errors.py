@@ -1,0 +1,58 @@
+"""Errors a user can act on. Each one prints as one paragraph, never a traceback."""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Location:
+    file: str
+    line: int
+    column: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}" + (f":{self.column}" if self.column else "")
+
+
+class BBError(Exception):
+    """An error caused by input or environment, reported without a traceback."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, where: Location | str | None = None, hint: str = "", detail: str = ""):
+        super().__init__(message)
+        self.message = message
+        self.where = where
+        self.hint = hint
+        self.detail = detail
+
+    def render(self) -> str:
+        head = f"{self.where}: " if self.where else ""
+        text = f"bb: error: {head}{self.message}"
+        if self.hint:
+            text += f" {self.hint}"
+        if self.detail:
+            text += "\n" + self.detail
+        return text
+
+
+class BatchfileError(BBError):
+    """The Batchfile is malformed or inconsistent (exit code 2, as Make)."""
+
+    exit_code = 2
+
+
+class BuildFailed(BBError):
+    exit_code = 1
+
+
+class Interrupted(BBError):
+    exit_code = 130
+
+
+def did_you_mean(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.6)
+    if not close:
+        return ""
+    return "Did you mean " + " or ".join(f"'{c}'" for c in close) + "?"

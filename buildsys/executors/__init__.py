@@ -1,0 +1,33 @@
+"""Where recipes run. Each backend is one module implementing `Executor`."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Job:
+    target: str
+    recipe: str
+    shell: str
+    cwd: str
+    env: dict
+    timeout: float  # seconds, 0 = none
+    log_path: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    exit_code: int
+    started: float
+    duration: float
+    timed_out: bool = False
+    interrupted: bool = False
+
+
+class Executor(Protocol):
+    def run(self, job: Job) -> Outcome:
+        """Run one job to its end; called from worker threads."""
+
+    def cancel_all(self) -> None:
+        """Stop every running job (Ctrl-C); their `run` calls return interrupted."""

@@ -1,0 +1,523 @@
+"""Model -> graph: variables, loops, pattern rules and globs expanded into
+concrete targets, with their dependencies, checked for cycles, clashes and
+missing inputs. Everything here is iterative, so deep chains plan fine."""
+from __future__ import annotations
+
+import fnmatch
+import glob
+import itertools
+import os
+import re
+from dataclasses import dataclass, field
+
+from .errors import BatchfileError, Location, did_you_mean
+from .model import Attribute, Batchfile, Rule
+from .settings import Settings, resolve
+
+REF = re.compile(r"\$(\$|@|<|\^|\*|\(([^()\s]+)\))")
+NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+RANGE = re.compile(r"(-?\d+)\.\.(-?\d+)")
+
+
+@dataclass(frozen=True)
+class Attrs:
+    cpus: int = 1
+    memory: int = 0  # bytes; 0 = unspecified
+    gpus: int = 0
+    timeout: float = 0  # seconds; 0 = none
+    retries: int = 0
+    image: str = ""
+    env: tuple[str, ...] = ()
+    local: bool = False
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    outputs: tuple[str, ...]  # workspace-relative; directories end with "/"
+    inputs: tuple[str, ...]  # files, directories, or other targets' outputs / phony names
+    recipe: str | None
+    params: tuple[tuple[str, str], ...]
+    attrs: Attrs
+    phony: bool
+    location: Location
+
+
+def _maker(producer: dict[str, str], dirs: set[str], path: str) -> str | None:
+    hit = producer.get(path)
+    while hit is None and "/" in path:
+        path = path.rsplit("/", 1)[0]
+        if path in dirs:
+            return producer[path]
+    return hit
+
+
+@dataclass
+class Graph:
+    targets: dict[str, Target]
+    deps: dict[str, tuple[str, ...]]  # target -> targets it needs
+    producer: dict[str, str]  # output path (no trailing slash) -> target
+    default: str | None
+    settings: Settings
+    variables: dict[str, str | tuple[str, ...]] = field(default_factory=dict)
+    dirs: set[str] = field(default_factory=set)  # directory outputs, no trailing slash
+
+
+    def producer_of(self, path: str) -> str | None:
+        """The target making `path`, directly or as part of a directory output."""
+        return _maker(self.producer, self.dirs, path)
+
+    def closure(self, roots) -> list[str]:
+        """Targets needed for `roots`, dependencies before dependents."""
+        order, state = [], {}
+        for root in roots:
+            if root in state:
+                continue
+            stack = [(root, iter(self.deps[root]))]
+            state[root] = 1
+            while stack:
+                node, it = stack[-1]
+                for dep in it:
+                    if dep not in state:
+                        state[dep] = 1
+                        stack.append((dep, iter(self.deps[dep])))
+                        break
+                else:
+                    stack.pop()
+                    state[node] = 2
+                    order.append(node)
+        return order
+
+
+# ---- interpolation ---------------------------------------------------------
+
+
+def _flat(value) -> str:
+    return " ".join(value) if isinstance(value, tuple) else value
+
+
+def expand(text: str, scope: dict, where: Location, *, recipe: bool = False) -> str:
+    """Replace $(name), $@, $<, $^, $* and $$ in `text`; anything else after a
+    '$' ($HOME, ${HOME}, $1) is left for the shell."""
+
+    def sub(m):
+        token = m.group(1)
+        if token == "$":
+            return "$"
+        name = m.group(2) if token.startswith("(") else token
+        if name in scope:
+            return _flat(scope[name])
+        if token.startswith("("):
+            hint = did_you_mean(name, [k for k in scope if NAME.fullmatch(k)])
+            if recipe:
+                hint += f" For the shell's command substitution write $$({name})."
+            raise BatchfileError(f"unknown variable '{name}' in '{text.strip()[:80]}'.", where=where, hint=hint.strip())
+        raise BatchfileError(f"'${name}' has no value here.", where=where, hint="$@, $< and $^ only mean something in a rule.")
+
+    return REF.sub(sub, text) if "$" in text else text
+
+
+def expand_words(word: str, scope: dict, where: Location) -> list[str]:
+    """Expand one header word; a list variable inside a word multiplies it
+    (data/$(SETS).csv -> data/a.csv data/b.csv)."""
+    if "$" not in word:
+        return [word]
+    lists = [m.group(2) for m in REF.finditer(word) if m.group(2) and isinstance(scope.get(m.group(2)), tuple)]
+    if not lists:
+        return expand(word, scope, where).split()
+    names = list(dict.fromkeys(lists))
+    out = []
+    for combo in itertools.product(*(scope[n] for n in names)):
+        local = dict(scope)
+        local.update(zip(names, combo))
+        out.extend(expand(word, local, where).split())
+    return out
+
+
+def evaluate_variables(model: Batchfile, overrides: dict[str, str]) -> dict:
+    scope: dict[str, str | tuple[str, ...]] = dict(overrides)
+    for a in model.assignments:
+        if a.name in overrides:
+            continue
+        value = tuple(expand(v, scope, a.location) for v in a.value) if isinstance(a.value, tuple) else expand(a.value, scope, a.location)
+        if a.op == "?=" and a.name in scope:
+            continue
+        if a.op == "+=" and a.name in scope:
+            old = scope[a.name]
+            if isinstance(old, tuple) or isinstance(value, tuple):
+                old_t = old if isinstance(old, tuple) else tuple(old.split())
+                value = old_t + (value if isinstance(value, tuple) else tuple(value.split()))
+            else:
+                value = f"{old} {value}".strip()
+        scope[a.name] = value
+    return scope
+
+
+# ---- attributes --------------------------------------------------------------
+
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_TIME = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _one(attr: Attribute, args) -> str:
+    if len(args) != 1 or isinstance(args[0], tuple):
+        raise BatchfileError(f"@{attr.name} takes one value.", where=attr.location)
+    return args[0]
+
+
+def _int(attr, args, low=0):
+    text = _one(attr, args)
+    if not text.isdigit() or int(text) < low:
+        raise BatchfileError(f"@{attr.name} takes a whole number of at least {low}, not '{text}'.", where=attr.location)
+    return int(text)
+
+
+def _memory(attr, args):
+    text = _one(attr, args)
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?", text.lower())
+    if not m:
+        raise BatchfileError(f"@memory takes a size such as 512M or 8G, not '{text}'.", where=attr.location)
+    return int(float(m.group(1)) * _UNITS[m.group(2)])
+
+
+def _timeout(attr, args):
+    text = _one(attr, args)
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhd]?)", text.lower())
+    if not m:
+        raise BatchfileError(f"@timeout takes a duration such as 90s, 30m or 2h, not '{text}'.", where=attr.location)
+    return float(m.group(1)) * _TIME[m.group(2)]
+
+
+def _env(attr, args):
+    names = []
+    for arg in args:
+        names.extend(arg if isinstance(arg, tuple) else arg.split())
+    for n in names:
+        if not NAME.fullmatch(n):
+            raise BatchfileError(f"@env: '{n}' is not an environment variable name.", where=attr.location)
+    return tuple(names)
+
+
+def _flag(attr, args):
+    if args:
+        raise BatchfileError(f"@{attr.name} takes no value.", where=attr.location)
+    return True
+
+
+ATTRIBUTES = {
+    "cpus": lambda a, v: ("cpus", _int(a, v, 1)),
+    "memory": lambda a, v: ("memory", _memory(a, v)),
+    "gpus": lambda a, v: ("gpus", _int(a, v, 0)),
+    "timeout": lambda a, v: ("timeout", _timeout(a, v)),
+    "retries": lambda a, v: ("retries", _int(a, v, 0)),
+    "image": lambda a, v: ("image", _one(a, v)),
+    "env": lambda a, v: ("env", _env(a, v)),
+    "local": lambda a, v: ("local", _flag(a, v)),
+    "phony": lambda a, v: ("phony", _flag(a, v)),
+    "default": lambda a, v: ("default", _flag(a, v)),
+}
+
+
+def _attributes(rule: Rule, scope: dict) -> tuple[Attrs, bool, bool]:
+    values: dict = {}
+    for attr in rule.attributes:
+        if attr.name not in ATTRIBUTES:
+            raise BatchfileError(
+                f"unknown attribute '@{attr.name}'.",
+                where=attr.location,
+                hint=did_you_mean(attr.name, ATTRIBUTES) or "Known attributes: @" + ", @".join(ATTRIBUTES) + ", @for.",
+            )
+        args = tuple(
+            tuple(expand(x, scope, attr.location) for x in a) if isinstance(a, tuple) else expand(a, scope, attr.location)
+            for a in attr.args
+        )
+        key, value = ATTRIBUTES[attr.name](attr, args)
+        values[key] = value
+    phony = values.pop("phony", False)
+    default = values.pop("default", False)
+    return Attrs(**values), phony, default
+
+
+# ---- building the graph ------------------------------------------------------
+
+
+def _bindings(rule: Rule, scope: dict):
+    if not rule.loops:
+        yield ()
+        return
+    axes = []
+    for loop in rule.loops:
+        over = loop.over
+        if isinstance(over, tuple):
+            items = tuple(expand(x, scope, loop.location) for x in over)
+        elif m := RANGE.fullmatch(over):
+            lo, hi = int(m.group(1)), int(m.group(2))
+            items = tuple(str(i) for i in range(lo, hi + 1))
+        else:
+            name = over[2:-1] if over.startswith("$(") and over.endswith(")") else over
+            if name not in scope:
+                raise BatchfileError(
+                    f"@for {loop.var} in {over}: unknown variable '{name}'.",
+                    where=loop.location,
+                    hint=did_you_mean(name, scope) or "Loop over a list variable, [a, b, c], or a range such as 1..10.",
+                )
+            value = scope[name]
+            items = value if isinstance(value, tuple) else tuple(value.split())
+        axes.append([(loop.var, item) for item in items])
+    yield from itertools.product(*axes)
+
+
+def _normalize_output(path: str, where: Location) -> str:
+    is_dir = path.endswith("/")
+    norm = os.path.normpath(path).replace(os.sep, "/")
+    if os.path.isabs(norm) or norm == ".." or norm.startswith("../") or norm == ".":
+        raise BatchfileError(
+            f"output '{path}' is outside the workspace.",
+            where=where,
+            hint="Outputs are paths relative to the Batchfile's folder; read outside data as inputs instead.",
+        )
+    return norm + "/" if is_dir else norm
+
+
+def _normalize_input(path: str) -> str:
+    is_dir = path.endswith("/")
+    norm = os.path.normpath(path).replace(os.sep, "/")
+    return norm + "/" if is_dir and norm != "/" else norm
+
+
+@dataclass
+class _Pending:
+    """A rule instance whose inputs and recipe still need globbing/expansion."""
+
+    rule: Rule
+    outputs: tuple[str, ...]
+    inputs: list[str]
+    scope: dict
+    params: tuple
+    attrs: Attrs
+    phony: bool
+
+
+class _PatternRule:
+    def __init__(self, rule: Rule, scope: dict, params: tuple, attrs: Attrs, phony: bool):
+        self.rule, self.scope, self.params, self.attrs, self.phony = rule, scope, params, attrs, phony
+        self.outputs = [w for o in rule.outputs for w in expand_words(o, scope, rule.location)]
+        self.inputs = [w for i in rule.inputs for w in expand_words(i, scope, rule.location)]
+        self.regexes = [re.compile(re.escape(o).replace("%", "(.+)", 1) + r"\Z") for o in self.outputs]
+
+    def match(self, path: str) -> str | None:
+        for rx in self.regexes:
+            m = rx.match(path)
+            if m:
+                return m.group(1)
+        return None
+
+
+def build_graph(model: Batchfile, overrides: dict[str, str] | None = None, root: str = ".", wanted=()) -> Graph:
+    """`wanted`: paths asked for on the command line, which pattern rules may make."""
+    scope = evaluate_variables(model, overrides or {})
+    settings = resolve(model.settings, lambda text, where: expand(text, scope, where))
+    pending: list[_Pending] = []
+    patterns: list[_PatternRule] = []
+    producer: dict[str, str] = {}
+    origin: dict[str, Location] = {}
+    default = None
+
+    def claim(outputs, where):
+        name = outputs[0].rstrip("/")
+        for out in outputs:
+            key = out.rstrip("/")
+            if key in producer:
+                other = origin[key]
+                raise BatchfileError(
+                    f"'{key}' is made by two targets: here and at {other}.",
+                    where=where,
+                    hint="Give each output exactly one rule (a loop variable missing from an output path does this too).",
+                )
+            producer[key] = name
+            origin[key] = where
+
+    for rule in model.rules:
+        for params in _bindings(rule, scope):
+            local = dict(scope)
+            local.update(params)
+            attrs, phony, is_default = _attributes(rule, local)
+            if any("%" in o for o in rule.outputs):
+                patterns.append(_PatternRule(rule, local, params, attrs, phony))
+                continue
+            outputs = [w for o in rule.outputs for w in expand_words(o, local, rule.location)]
+            if not outputs:
+                raise BatchfileError("a rule must name at least one output or target.", where=rule.location)
+            outputs = tuple(outputs if phony else (_normalize_output(o, rule.location) for o in outputs))
+            if phony and len(outputs) != 1:
+                raise BatchfileError("a @phony target has exactly one name.", where=rule.location)
+            claim(outputs, rule.location)
+            inputs = [w for i in rule.inputs for w in expand_words(i, local, rule.location)]
+            pending.append(_Pending(rule, outputs, inputs, local, params, attrs, phony))
+            if is_default and default is None:
+                default = outputs[0].rstrip("/")
+    if default is None and pending:
+        default = pending[0].outputs[0].rstrip("/")
+
+    made_dirs = {o.rstrip("/") for p in pending for o in p.outputs if o.endswith("/")}
+
+    def made_by(path: str) -> str | None:
+        return _maker(producer, made_dirs, path)
+
+    def exists(path: str) -> bool:
+        return os.path.lexists(path if os.path.isabs(path) else os.path.join(root, path))
+
+    # Pattern rules are instantiated for paths that need a maker: a work list,
+    # so chains of pattern rules (a.c -> a.o -> a) never recurse.
+    work = [(i, p) for p in pending for i in p.inputs if not _is_glob(i)]
+    work.extend((w, None) for w in wanted)
+    seen_paths = set()
+    while work and patterns:
+        path, needer = work.pop()
+        path = _normalize_input(path)
+        if path in seen_paths or made_by(path) is not None:
+            continue
+        seen_paths.add(path)
+        for pat in patterns:
+            stem = pat.match(path)
+            if stem is None:
+                continue
+            ins = [i.replace("%", stem) for i in pat.inputs]
+            if not all(exists(i) or made_by(_normalize_input(i)) is not None or any(p.match(_normalize_input(i)) is not None for p in patterns) for i in ins if not _is_glob(i)):
+                continue
+            outs = tuple(_normalize_output(o.replace("%", stem), pat.rule.location) for o in pat.outputs)
+            local = dict(pat.scope)
+            local["*"] = stem
+            inst = _Pending(pat.rule, outs, ins, local, pat.params + (("*", stem),), pat.attrs, pat.phony)
+            claim(outs, pat.rule.location)
+            for o in outs:
+                if o.endswith("/"):
+                    made_dirs.add(o.rstrip("/"))
+            pending.append(inst)
+            work.extend((i, inst) for i in ins if not _is_glob(i))
+            break
+
+    # Globs match files on disk and outputs that targets will make.
+    declared = sorted(producer)
+    targets: dict[str, Target] = {}
+    deps: dict[str, tuple[str, ...]] = {}
+    needers: dict[str, list[Target]] = {}
+    for p in pending:
+        inputs: list[str] = []
+        for word in p.inputs:
+            if _is_glob(word):
+                found = _glob(word, root, declared)
+                if not found:
+                    raise BatchfileError(
+                        f"input pattern '{word}' of '{p.outputs[0]}' matches no file and no target's output.",
+                        where=p.rule.location,
+                        hint="Check the pattern, or create the files it should match.",
+                    )
+                inputs.extend(found)
+            else:
+                inputs.append(_normalize_input(word))
+        inputs = list(dict.fromkeys(inputs))
+        name = p.outputs[0].rstrip("/")
+        recipe = None
+        if p.rule.recipe is not None:
+            local = dict(p.scope)
+            local.update({"@": p.outputs[0], "<": inputs[0] if inputs else "", "^": " ".join(inputs), "in": tuple(inputs), "out": p.outputs})
+            local.setdefault("*", "")
+            recipe = expand(p.rule.recipe, local, Location(p.rule.location.file, p.rule.recipe_line), recipe=True)
+        attrs = p.attrs
+        if settings.env:
+            attrs = Attrs(**{**attrs.__dict__, "env": tuple(dict.fromkeys(settings.env + attrs.env))})
+        target = Target(name, p.outputs, tuple(inputs), recipe, tuple(p.params), attrs, p.phony, p.rule.location)
+        targets[name] = target
+        dep_names = []
+        for i in inputs:
+            maker = made_by(i.rstrip("/"))
+            if maker is not None and maker != name:
+                dep_names.append(maker)
+            elif maker is None and not exists(i):
+                needers.setdefault(i, []).append(target)
+        deps[name] = tuple(dict.fromkeys(dep_names))
+
+    if needers:
+        lines = []
+        for path, who in list(needers.items())[:10]:
+            names = ", ".join(f"'{t.name}' ({t.location})" for t in who[:3]) + (" and more" if len(who) > 3 else "")
+            lines.append(f"  '{path}' needed by {names}")
+        first = next(iter(needers))
+        hint = did_you_mean(first, declared)
+        raise BatchfileError(
+            f"{len(needers)} input(s) do not exist and no target makes them.",
+            hint=(hint + " " if hint else "") + "Create them, fix the paths, or add rules that make them.",
+            detail="\n".join(lines),
+        )
+    graph = Graph(targets, deps, producer, default, settings, scope, made_dirs)
+    _check_cycles(graph)
+    return graph
+
+
+def _is_glob(word: str) -> bool:
+    return any(c in word for c in "*?")
+
+
+def _glob(pattern: str, root: str, declared: list[str]) -> list[str]:
+    full = pattern if os.path.isabs(pattern) else os.path.join(root, pattern)
+    found = {
+        (p if os.path.isabs(pattern) else os.path.relpath(p, root)).replace(os.sep, "/")
+        for p in glob.glob(full, recursive=True)
+        if not os.path.isdir(p)
+    }
+    found.update(fnmatch.filter(declared, pattern))
+    return sorted(found)
+
+
+def _check_cycles(graph: Graph) -> None:
+    state: dict[str, int] = {}
+    for root in graph.targets:
+        if root in state:
+            continue
+        stack = [(root, iter(graph.deps[root]))]
+        state[root] = 1
+        while stack:
+            node, it = stack[-1]
+            for dep in it:
+                s = state.get(dep)
+                if s == 1:
+                    path = [n for n, _ in stack]
+                    cycle = path[path.index(dep) :] + [dep]
+                    raise BatchfileError(
+                        "dependency cycle: " + " -> ".join(cycle) + ".",
+                        where=graph.targets[dep].location,
+                        hint="A target cannot need its own output, directly or through others.",
+                    )
+                if s is None:
+                    state[dep] = 1
+                    stack.append((dep, iter(graph.deps[dep])))
+                    break
+            else:
+                stack.pop()
+                state[node] = 2
+
+
+def select(graph: Graph, names: list[str]) -> list[str]:
+    """Resolve command-line target names: a target, an output path, or a glob."""
+    if not names:
+        if graph.default is None:
+            raise BatchfileError("the Batchfile declares no targets.", hint="Add a rule such as 'out.txt: in.txt'.")
+        return [graph.default]
+    chosen = []
+    for name in names:
+        norm = _normalize_input(name).rstrip("/")
+        maker = graph.producer_of(norm) if norm not in graph.targets else norm
+        if maker is not None:
+            chosen.append(maker)
+            continue
+        if _is_glob(name):
+            hits = [t for t in graph.targets if fnmatch.fnmatch(t, name)]
+            if hits:
+                chosen.extend(hits)
+                continue
+        raise BatchfileError(
+            f"no target named '{name}'.",
+            hint=did_you_mean(name, graph.targets) or "Run 'bb list' to see the targets.",
+        )
+    return list(dict.fromkeys(chosen))

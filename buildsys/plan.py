@@ -1,0 +1,142 @@
+"""Plan: turn targets into actions, compute their keys, and look them up.
+
+A target's inputs that other targets make enter its key through the digests
+of those outputs (from their action results), not through their keys: a
+rebuilt target that produces the same bytes does not rebuild its dependents.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from .action import Action, diff
+from .errors import BBError
+from .graph import Graph, Target
+from .materialize import read_manifest
+from .store import ActionResult, CorruptEntry, Store
+from .workspace import Workspace
+from .digest import hash_bytes, tree_manifest
+
+# What a recipe sees besides the variables it declares. None of these enter a
+# key: they say where a recipe runs, not what it computes.
+PASSTHROUGH = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "TMPDIR", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "VIRTUAL_ENV", "CONDA_PREFIX")
+
+
+class Unknown(Exception):
+    """An input's digest is not known yet (an upstream target must run first)."""
+
+    def __init__(self, path: str, maker: str):
+        super().__init__(path)
+        self.path, self.maker = path, maker
+
+
+class InputMissing(BBError):
+    pass
+
+
+@dataclass
+class Planner:
+    graph: Graph
+    store: Store
+    workspace: Workspace
+
+    def __post_init__(self):
+        self.results: dict[str, ActionResult] = {}  # target -> the result its outputs came from
+        self._manifests: dict[str, dict] = {}
+        self._environment: dict[str, tuple] = {}
+
+    # -- digests ----------------------------------------------------------------
+
+    def input_digest(self, path: str) -> str:
+        maker = self.graph.producer_of(path.rstrip("/"))
+        if maker is not None and not self.graph.targets[maker].phony:
+            result = self.results.get(maker)
+            if result is None:
+                raise Unknown(path, maker)
+            entry = result.output(path.rstrip("/"))
+            if entry is not None:
+                return entry.digest
+            # a file inside a directory output
+            for out in result.outputs:
+                prefix = out.path
+                if out.path.endswith("/") and path.startswith(prefix):
+                    files = self._manifest(out.digest)
+                    fd = files.get(path[len(prefix) :])
+                    if fd is None:
+                        raise InputMissing(
+                            f"'{path}' is not among the files '{maker}' made in '{prefix}'.",
+                            where=self.graph.targets[maker].location,
+                        )
+                    return fd.digest
+            raise Unknown(path, maker)
+        full = path if os.path.isabs(path) else os.path.join(self.workspace.root, path)
+        try:
+            if os.path.isdir(full):
+                return hash_bytes(tree_manifest(self.workspace.stats.tree(full)))
+            return self.workspace.stats.file(full).digest
+        except FileNotFoundError:
+            raise InputMissing(
+                f"input '{path}' does not exist.",
+                hint="It was there when the build started; restore it, or fix the Batchfile.",
+            ) from None
+
+    def _manifest(self, digest: str) -> dict:
+        if digest not in self._manifests:
+            self._manifests[digest] = read_manifest(self.store, digest)
+        return self._manifests[digest]
+
+    def environment(self, target: Target) -> tuple:
+        image = target.attrs.image or self.graph.settings.image
+        if image not in self._environment:
+            fields = [("image", image), ("shell", self.graph.settings.shell)]
+            req = self.graph.settings.requirements
+            if req:
+                fields.append(("requirements", self.input_digest(req)))
+            self._environment[image] = tuple(fields)
+        return self._environment[image]
+
+    # -- actions ------------------------------------------------------------------
+
+    def action(self, target: Target) -> Action:
+        """The target's action; raises Unknown while an upstream result is missing."""
+        inputs = tuple(
+            (path, self.input_digest(path)) for path in target.inputs if path not in self.graph.targets or not self.graph.targets[path].phony
+        )
+        env = tuple((name, os.environ.get(name)) for name in target.attrs.env)
+        return Action(target.name, target.recipe or "", inputs, target.outputs, target.params, env, self.environment(target))
+
+    def lookup(self, key: str) -> ActionResult | None:
+        """An action result whose blobs are all present, or None."""
+        try:
+            result = self.store.get_result(key)
+        except CorruptEntry:
+            return None
+        if result is None:
+            return None
+        if not all(self.store.has_blob(o.digest) for o in result.outputs):
+            return None
+        return result
+
+    def recipe_env(self, target: Target) -> dict:
+        env = {k: v for k, v in os.environ.items() if k in PASSTHROUGH or k.startswith("LC_")}
+        for name in target.attrs.env:
+            if name in os.environ:
+                env[name] = os.environ[name]
+        return env
+
+    # -- explanations -----------------------------------------------------------------
+
+    def why(self, target: Target, action: Action) -> list[str]:
+        """Why this action is not in the store: what differs from the target's last build."""
+        last_key = self.workspace.last.get(target.name)
+        if last_key is None:
+            return ["never built here before"]
+        if last_key == action.key():
+            return ["built before, but its result is no longer in the store"]
+        try:
+            old = self.store.get_result(last_key)
+        except CorruptEntry:
+            old = None
+        if old is None:
+            return ["its inputs or recipe changed (the last build's record is gone from the store)"]
+        return diff(Action.from_json(old.action), action) or ["the key changed"]

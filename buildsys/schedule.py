@@ -1,0 +1,229 @@
+"""Schedule: run the targets a request needs, dependencies first, in parallel.
+
+The main thread walks the graph, computes keys and answers cache hits; only
+recipes that must run go to the executor's worker threads. A target's key is
+computed when its dependencies are done, from the digests of their outputs.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+from . import __version__
+from .action import Action
+from .digest import hash_bytes
+from .executors import Executor, Job
+from .graph import Target
+from .materialize import OutputMissing, capture, materialize, remove_outputs
+from .plan import Planner, Unknown
+from .store import ActionResult
+
+BUILT, CACHED, FAILED, SKIPPED = "built", "cached", "failed", "skipped"
+WOULD_RUN = "would run"  # dry runs only
+
+
+@dataclass
+class TargetReport:
+    name: str
+    status: str
+    key: str | None = None
+    duration: float = 0.0
+    reasons: list[str] = field(default_factory=list)
+    error: str = ""
+    log: str = ""
+
+    def to_json(self) -> dict:
+        out = {"target": self.name, "status": self.status, "key": self.key, "duration": round(self.duration, 6)}
+        if self.error:
+            out["error"] = self.error
+        if self.reasons:
+            out["reasons"] = self.reasons
+        return out
+
+
+@dataclass
+class _Failure:
+    message: str
+    log: str = ""
+
+
+class Scheduler:
+    def __init__(self, planner: Planner, executor: Executor, ui, *, jobs: int, keep_going=False, always=False, dry_run=False, explain=False):
+        self.planner = planner
+        self.graph = planner.graph
+        self.executor = executor
+        self.ui = ui
+        self.jobs = max(1, jobs)
+        self.keep_going = keep_going
+        self.always = always
+        self.dry_run = dry_run
+        self.explain = explain or dry_run
+        self.reports: dict[str, TargetReport] = {}
+
+    # -- the main loop ---------------------------------------------------------------
+
+    def build(self, roots: list[str]) -> dict[str, TargetReport]:
+        order = self.graph.closure(roots)
+        waiting = {name: len(self.graph.deps[name]) for name in order}
+        dependents: dict[str, list[str]] = {name: [] for name in order}
+        for name in order:
+            for dep in self.graph.deps[name]:
+                dependents[dep].append(name)
+        ready = deque(name for name in order if waiting[name] == 0)
+        running: dict[Future, tuple[str, Action | None, int]] = {}
+        free = self.jobs
+        stopping = False
+        self.ui.begin(len(order))
+
+        def release(name: str):
+            for d in dependents[name]:
+                waiting[d] -= 1
+                if waiting[d] == 0:
+                    ready.append(d)
+
+        pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="bb-run")
+        try:
+            while ready or running:
+                deferred = deque()
+                while ready and not stopping:
+                    name = ready.popleft()
+                    target = self.graph.targets[name]
+                    outcome = self._resolve(target)
+                    if isinstance(outcome, TargetReport):
+                        self._finish(outcome)
+                        release(name)
+                        continue
+                    action = outcome
+                    need = min(target.attrs.cpus, self.jobs)
+                    if need > free and running:
+                        deferred.append(name)
+                        continue
+                    free -= need
+                    self.ui.start(name)
+                    running[pool.submit(self._execute, target, action)] = (name, action, need)
+                ready.extendleft(reversed(deferred))
+                if not running:
+                    if stopping or not ready:
+                        break
+                    continue
+                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for future in done:
+                    name, action, need = running.pop(future)
+                    free += need
+                    report = future.result()
+                    self._finish(report)
+                    if report.status == FAILED and not self.keep_going:
+                        stopping = True
+                    release(name)
+        except KeyboardInterrupt:
+            self.executor.cancel_all()
+            for future in list(running):
+                name, _, _ = running[future]
+                report = future.result()
+                if report.status != FAILED:
+                    self._finish(report)
+            pool.shutdown(wait=True)
+            raise
+        pool.shutdown(wait=True)
+        for name in order:
+            if name not in self.reports:
+                self.reports[name] = TargetReport(name, SKIPPED, error="not started: an earlier target failed")
+        return self.reports
+
+    def _finish(self, report: TargetReport) -> None:
+        self.reports[report.name] = report
+        self.ui.finish(report)
+
+    # -- one target, on the main thread ------------------------------------------------
+
+    def _resolve(self, target: Target) -> TargetReport | Action:
+        """A report if the target needs no recipe run, else the action to run."""
+        name = target.name
+        bad = [d for d in self.graph.deps[name] if self.reports[d].status in (FAILED, SKIPPED)]
+        if bad:
+            return TargetReport(name, SKIPPED, error=f"needs '{bad[0]}', which {self.reports[bad[0]].status}")
+        unknown = [d for d in self.graph.deps[name] if self.reports[d].status == WOULD_RUN]
+        if target.phony and target.recipe is None:
+            deps = [self.reports[d].status for d in self.graph.deps[name]]
+            status = WOULD_RUN if unknown else (BUILT if BUILT in deps else CACHED)
+            return TargetReport(name, status)
+        try:
+            action = self.planner.action(target)
+        except Unknown as u:
+            return TargetReport(name, WOULD_RUN, reasons=[f"'{u.path}' will be rebuilt by '{u.maker}' (unless its output comes out unchanged)"])
+        key = action.key()
+        if not self.always and not target.phony:
+            result = self.planner.lookup(key)
+            if result is not None:
+                self.planner.results[name] = result
+                self.planner.workspace.record(name, key)
+                return TargetReport(name, CACHED, key)
+        if self.dry_run:
+            reasons = ["-B: always make"] if self.always else (["phony: always runs"] if target.phony else self.planner.why(target, action))
+            return TargetReport(name, WOULD_RUN, key, reasons=reasons)
+        self._bring_inputs(target)
+        return action
+
+    def _bring_inputs(self, target: Target) -> None:
+        """A recipe about to run reads its inputs from the workspace: make sure
+        the outputs of cached upstream targets are there."""
+        for dep in self.graph.deps[target.name]:
+            result = self.planner.results.get(dep)
+            if result is not None and self.reports[dep].status == CACHED:
+                materialize(self.planner.store, self.planner.workspace.stats, self.planner.workspace.root, result.outputs)
+
+    # -- one target, on a worker thread ----------------------------------------------
+
+    def _execute(self, target: Target, action: Action) -> TargetReport:
+        ws = self.planner.workspace
+        store = self.planner.store
+        key = action.key()
+        reasons = self.planner.why(target, action) if self.explain else []
+        remove_outputs(ws.root, target.outputs)
+        for out in target.outputs if not target.phony else ():
+            parent = os.path.dirname(os.path.join(ws.root, out.rstrip("/")))
+            os.makedirs(parent, exist_ok=True)
+        log_path = ws.log_path(target.name)
+        job = Job(target.name, target.recipe or "", self.graph.settings.shell, ws.root, self.planner.recipe_env(target), target.attrs.timeout, log_path)
+        started = time.time()
+        for attempt in range(target.attrs.retries + 1):
+            outcome = self.executor.run(job)
+            if outcome.exit_code == 0 or outcome.interrupted:
+                break
+            if attempt < target.attrs.retries:
+                self.ui.note(f"{target.name}: attempt {attempt + 1} failed (exit {outcome.exit_code}); retrying")
+        duration = time.time() - started
+        if outcome.interrupted:
+            remove_outputs(ws.root, target.outputs)
+            return TargetReport(target.name, FAILED, key, duration, error="interrupted", log=log_path)
+        if outcome.exit_code != 0:
+            remove_outputs(ws.root, target.outputs)
+            why = f"timed out after {target.attrs.timeout:g}s" if outcome.timed_out else f"recipe exited with code {outcome.exit_code}"
+            return TargetReport(target.name, FAILED, key, duration, reasons, error=why, log=log_path)
+        if target.phony:
+            return TargetReport(target.name, BUILT, key, duration, reasons, log=log_path)
+        try:
+            outputs = capture(store, ws.stats, ws.root, target.outputs)
+        except OutputMissing as missing:
+            remove_outputs(ws.root, target.outputs)
+            kind = "directory" if missing.path.endswith("/") else "file"
+            return TargetReport(
+                target.name, FAILED, key, duration, reasons,
+                error=f"recipe succeeded but did not create the declared output {kind} '{missing.path}'", log=log_path,
+            )
+        with open(log_path, "rb") as f:
+            log = f.read()
+        log_digest = hash_bytes(log)
+        store.put_bytes(log, log_digest)
+        result = ActionResult(
+            key, outputs, 0, log_digest, outcome.started, duration, action.to_json(),
+            provenance={"host": socket.gethostname(), "bb": __version__, "executor": "local"},
+        )
+        store.put_result(result)
+        self.planner.results[target.name] = result
+        ws.record(target.name, key)
+        return TargetReport(target.name, BUILT, key, duration, reasons, log=log_path)

@@ -1,0 +1,94 @@
+"""The settings block: where the store lives and how remote work is done.
+
+Validated here, when the Batchfile is read, so a typo fails before any work.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from .errors import BatchfileError, did_you_mean
+from .model import Setting
+
+
+def _string(value, where, name):
+    if isinstance(value, tuple):
+        raise BatchfileError(f"setting '{name}' takes one value, not a list.", where=where)
+    return value
+
+
+def _names(value, where, name):
+    items = value if isinstance(value, tuple) else tuple(value.split())
+    for item in items:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", item):
+            raise BatchfileError(f"setting '{name}': '{item}' is not an environment variable name.", where=where)
+    return items
+
+
+def _cache_url(value, where, name):
+    value = _string(value, where, name)
+    if value and not re.match(r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?|file://.+|[^:]+)$", value):
+        raise BatchfileError(
+            f"setting '{name}': '{value}' is not a cache location.",
+            where=where,
+            hint="Use s3://bucket/prefix, or a local folder.",
+        )
+    return value
+
+
+def _region(value, where, name):
+    value = _string(value, where, name)
+    if value and not re.fullmatch(r"[a-z]{2}(-gov)?-[a-z]+-\d", value):
+        raise BatchfileError(f"setting '{name}': '{value}' is not an AWS region (such as us-east-1).", where=where)
+    return value
+
+
+def _positive_int(value, where, name):
+    value = _string(value, where, name)
+    if not value.isdigit() or int(value) < 1:
+        raise BatchfileError(f"setting '{name}': '{value}' is not a positive whole number.", where=where)
+    return int(value)
+
+
+# name -> (validator, what it is for)
+KNOWN = {
+    "store": (_string, "local store folder (default .bb)"),
+    "cache": (_cache_url, "shared cache, such as s3://bucket/prefix"),
+    "image": (_string, "default container image for remote work"),
+    "requirements": (_string, "requirements or lock file; its digest enters every key"),
+    "registry": (_string, "container registry to push the image to"),
+    "queue": (_string, "AWS Batch job queue"),
+    "region": (_region, "AWS region"),
+    "env": (_names, "environment variables every recipe sees (they enter the keys)"),
+    "shell": (_string, "shell that runs recipes (default /bin/sh)"),
+    "jobs": (_positive_int, "default for -j"),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    store: str = ""
+    cache: str = ""
+    image: str = ""
+    requirements: str = ""
+    registry: str = ""
+    queue: str = ""
+    region: str = ""
+    env: tuple[str, ...] = field(default=())
+    shell: str = "/bin/sh"
+    jobs: int = 0
+
+
+def resolve(settings: tuple[Setting, ...], expand) -> Settings:
+    """Validate settings; `expand` interpolates variables in their values."""
+    values = {}
+    for s in settings:
+        if s.name not in KNOWN:
+            raise BatchfileError(
+                f"unknown setting '{s.name}'.",
+                where=s.location,
+                hint=did_you_mean(s.name, KNOWN) or "Known settings: " + ", ".join(KNOWN) + ".",
+            )
+        raw = tuple(expand(v, s.location) for v in s.value) if isinstance(s.value, tuple) else expand(s.value, s.location)
+        values[s.name] = KNOWN[s.name][0](raw, s.location, s.name)
+    return Settings(**values)

@@ -1,0 +1,206 @@
+"""The store: a CAS (digest -> blob) and an action cache (key -> result).
+
+Names follow Bazel's Remote Execution API. Stores sit behind the small
+`Store` protocol, so a new backend (S3) is one new module. The layout is the
+same everywhere:
+
+    <root>/cas/<d[:2]>/<digest>    blobs, immutable, written once
+    <root>/ac/<k[:2]>/<key>        action results (JSON), written last
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Protocol
+
+from .digest import hash_file
+
+
+@dataclass(frozen=True)
+class OutputEntry:
+    path: str  # workspace-relative; a directory ends with "/"
+    digest: str  # a file's digest, or the digest of a tree manifest
+    size: int
+    executable: bool = False
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    key: str
+    outputs: tuple[OutputEntry, ...]
+    exit_code: int
+    log: str  # digest of the recipe's combined output
+    started: float
+    duration: float
+    action: dict  # the Action, for `bb why`
+    provenance: dict = field(default_factory=dict)  # who/where: never in a key
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "ActionResult":
+        raw = json.loads(data)
+        raw["outputs"] = tuple(OutputEntry(**o) for o in raw["outputs"])
+        return cls(**raw)
+
+    def output(self, path: str) -> OutputEntry | None:
+        for o in self.outputs:
+            if o.path == path or o.path == path + "/":
+                return o
+        return None
+
+
+class Store(Protocol):
+    def has_blob(self, digest: str) -> bool: ...
+    def put_file(self, path: str, digest: str) -> None: ...
+    def put_bytes(self, data: bytes, digest: str) -> None: ...
+    def read_bytes(self, digest: str) -> bytes: ...
+    def fetch(self, digest: str, dest: str) -> None: ...
+    def get_result(self, key: str) -> ActionResult | None: ...
+    def put_result(self, result: ActionResult) -> None: ...
+
+
+class CorruptEntry(Exception):
+    """A stored blob or result does not match its name."""
+
+
+def _clone(src: str, dst: str) -> None:
+    """Copy bytes, sharing extents where the filesystem can (a reflink), so a
+    later edit of either copy never reaches the other."""
+    try:
+        import fcntl
+
+        with open(src, "rb") as s, open(dst, "wb") as d:
+            fcntl.ioctl(d.fileno(), 0x40049409, s.fileno())  # FICLONE
+        return
+    except (OSError, ImportError):
+        pass
+    shutil.copyfile(src, dst)
+
+
+class LocalStore:
+    """A store in a folder on this machine."""
+
+    def __init__(self, root: str):
+        self.root = root
+        self.cas = os.path.join(root, "cas")
+        self.ac = os.path.join(root, "ac")
+
+    def blob_path(self, digest: str) -> str:
+        return os.path.join(self.cas, digest[:2], digest)
+
+    def result_path(self, key: str) -> str:
+        return os.path.join(self.ac, key[:2], key)
+
+    def _atomic(self, final: str, write) -> None:
+        parent = os.path.dirname(final)
+        os.makedirs(parent, exist_ok=True)
+        tmp = os.path.join(parent, f".tmp.{os.getpid()}.{time.monotonic_ns()}")
+        try:
+            write(tmp)
+            os.replace(tmp, final)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+
+    def has_blob(self, digest: str) -> bool:
+        return os.path.exists(self.blob_path(digest))
+
+    def put_file(self, path: str, digest: str) -> None:
+        final = self.blob_path(digest)
+        if os.path.exists(final):
+            return
+
+        def write(tmp):
+            _clone(path, tmp)
+            os.chmod(tmp, 0o444)
+
+        self._atomic(final, write)
+
+    def put_bytes(self, data: bytes, digest: str) -> None:
+        final = self.blob_path(digest)
+        if os.path.exists(final):
+            return
+
+        def write(tmp):
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.chmod(tmp, 0o444)
+
+        self._atomic(final, write)
+
+    def read_bytes(self, digest: str) -> bytes:
+        with open(self.blob_path(digest), "rb") as f:
+            return f.read()
+
+    def fetch(self, digest: str, dest: str) -> None:
+        _clone(self.blob_path(digest), dest)
+
+    def get_result(self, key: str) -> ActionResult | None:
+        try:
+            with open(self.result_path(key), "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return None
+        try:
+            result = ActionResult.from_bytes(data)
+        except (ValueError, TypeError, KeyError):
+            raise CorruptEntry(f"action result {key[:12]} in {self.ac} is not valid JSON") from None
+        if result.key != key:
+            raise CorruptEntry(f"action result {key[:12]} in {self.ac} names another key")
+        return result
+
+    def put_result(self, result: ActionResult) -> None:
+        data = result.to_bytes()
+
+        def write(tmp):
+            with open(tmp, "wb") as f:
+                f.write(data)
+
+        self._atomic(self.result_path(result.key), write)
+
+    # -- maintenance ----------------------------------------------------------
+
+    def blobs(self):
+        """(digest, path, stat) of every blob."""
+        yield from _walk(self.cas)
+
+    def results(self):
+        yield from _walk(self.ac)
+
+    def verify_blob(self, digest: str) -> bool:
+        return hash_file(self.blob_path(digest)) == digest
+
+    def remove(self, path: str) -> None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def _walk(top: str):
+    try:
+        shards = os.listdir(top)
+    except FileNotFoundError:
+        return
+    for shard in sorted(shards):
+        folder = os.path.join(top, shard)
+        try:
+            names = os.listdir(folder)
+        except NotADirectoryError:
+            continue
+        for name in names:
+            if name.startswith(".tmp."):
+                continue
+            path = os.path.join(folder, name)
+            try:
+                yield name, path, os.stat(path)
+            except FileNotFoundError:
+                continue
