@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from .digest import hash_bytes
 
@@ -30,15 +30,28 @@ class Action:
     def canonical(self) -> bytes:
         # The target's name is not part of the key: two rules doing the same
         # work on the same inputs into the same paths share a result.
-        body = asdict(self)
-        body.pop("target")
+        body = self.to_json()
+        del body["target"]
         return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
     def key(self) -> str:
         return hash_bytes(self.canonical())
 
     def to_json(self) -> dict:
-        return asdict(self)
+        # written out: dataclasses.asdict is slow enough to show on no-op builds
+        return {
+            "target": self.target,
+            "recipe": self.recipe,
+            "inputs": self.inputs,
+            "outputs": self.outputs,
+            "params": self.params,
+            "env": self.env,
+            "environment": self.environment,
+            "schema": self.schema,
+        }
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(self.to_json(), separators=(",", ":")).encode()
 
     @classmethod
     def from_json(cls, data: dict) -> "Action":

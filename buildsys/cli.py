@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from . import __version__
 from .errors import BatchfileError, BBError, BuildFailed, Interrupted
 
+COMMANDS = ("build", "plan", "why", "list", "graph", "clean", "cache")
 BATCHFILE_NAMES = ("Batchfile", "batchfile", "Batchfile.bb")
 
 
@@ -152,12 +153,14 @@ def cmd_plan(args, recipes=False) -> int:
         return 0
     to_run = 0
     for r in reports.values():
+        target = ctx.graph.targets[r.name]
+        if target.phony and target.recipe is None:
+            continue
         if r.status == "would run":
             to_run += 1
             print(f"run     {r.name}")
             for reason in r.reasons:
                 print(f"        {reason}" if reason.startswith("    ") else f"        because {reason}")
-            target = ctx.graph.targets[r.name]
             if recipes and target.recipe:
                 for line in target.recipe.splitlines():
                     print(f"        $ {line}")
@@ -195,8 +198,8 @@ def cmd_why(args) -> int:
         print(f"'{current}' must be rebuilt:")
         for reason in r.reasons:
             print(f"    {reason.strip()}" if reason.startswith("    ") else f"  - {reason}")
-        if r.key is None:
-            chain.extend(d for d in ctx.graph.deps[current] if reports[d].status == "would run")
+        if r.waiting_on:
+            chain.append(r.waiting_on)
     return 0
 
 
@@ -375,9 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
+    if not argv or not any(a in COMMANDS for a in argv) and not any(a in ("-h", "--help", "--version") for a in argv):
+        argv = ["build"] + argv  # plain `bb [TARGET...] [-j N]` builds, as `make` does
     args = parser.parse_args(argv)
-    if args.command is None:
-        args = parser.parse_args(argv + ["build"])
     if getattr(args, "func", None) is None:
         parser.parse_args(argv + ["--help"])
     try:

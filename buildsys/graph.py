@@ -233,7 +233,8 @@ def _attributes(rule: Rule, scope: dict) -> tuple[Attrs, bool, bool]:
         )
         key, value = ATTRIBUTES[attr.name](attr, args)
         values[key] = value
-    phony = values.pop("phony", False)
+    # A rule without a recipe makes nothing: it is an alias, as in Make.
+    phony = values.pop("phony", False) or rule.recipe is None
     default = values.pop("default", False)
     return Attrs(**values), phony, default
 

@@ -48,7 +48,10 @@ def capture(store: Store, stats: StatCache, root: str, outputs: tuple[str, ...])
             store.put_bytes(manifest, digest)
             entries.append(OutputEntry(out, digest, sum(f.size for f in files.values())))
         else:
-            fd = _file_digest(stats, full)
+            try:
+                fd = _file_digest(stats, full)
+            except OutputMissing:
+                raise OutputMissing(out) from None
             store.put_file(full, fd.digest)
             entries.append(OutputEntry(out, fd.digest, fd.size, fd.executable))
     return tuple(entries)

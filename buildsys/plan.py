@@ -105,10 +105,11 @@ class Planner:
         env = tuple((name, os.environ.get(name)) for name in target.attrs.env)
         return Action(target.name, target.recipe or "", inputs, target.outputs, target.params, env, self.environment(target))
 
-    def lookup(self, key: str) -> ActionResult | None:
+    def lookup(self, target: Target, key: str) -> ActionResult | None:
         """An action result whose blobs are all present, or None."""
+        result = self.workspace.last_result(target.name, key)
         try:
-            result = self.store.get_result(key)
+            result = result or self.store.get_result(key)
         except CorruptEntry:
             return None
         if result is None:
@@ -137,6 +138,10 @@ class Planner:
             old = self.store.get_result(last_key)
         except CorruptEntry:
             old = None
-        if old is None:
+        try:
+            previous = Action.from_json(old.action) if old else None
+        except (KeyError, TypeError):
+            previous = None
+        if previous is None:
             return ["its inputs or recipe changed (the last build's record is gone from the store)"]
-        return diff(Action.from_json(old.action), action) or ["the key changed"]
+        return diff(previous, action) or ["the key changed"]

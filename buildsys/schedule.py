@@ -7,10 +7,8 @@ computed when its dependencies are done, from the digests of their outputs.
 from __future__ import annotations
 
 import os
-import socket
 import time
 from collections import deque
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from . import __version__
@@ -34,7 +32,9 @@ class TargetReport:
     duration: float = 0.0
     reasons: list[str] = field(default_factory=list)
     error: str = ""
-    log: str = ""
+    output: str = ""  # what the recipe printed
+    log: str = ""  # where a failed recipe's output was saved
+    waiting_on: str = ""  # dry runs: the upstream target whose output decides this one's key
 
     def to_json(self) -> dict:
         out = {"target": self.name, "status": self.status, "key": self.key, "duration": round(self.duration, 6)}
@@ -74,7 +74,7 @@ class Scheduler:
             for dep in self.graph.deps[name]:
                 dependents[dep].append(name)
         ready = deque(name for name in order if waiting[name] == 0)
-        running: dict[Future, tuple[str, Action | None, int]] = {}
+        running: dict = {}  # future -> (target, slots it holds)
         free = self.jobs
         stopping = False
         self.ui.begin(len(order))
@@ -85,7 +85,7 @@ class Scheduler:
                 if waiting[d] == 0:
                     ready.append(d)
 
-        pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="bb-run")
+        pool = None
         try:
             while ready or running:
                 deferred = deque()
@@ -104,15 +104,21 @@ class Scheduler:
                         continue
                     free -= need
                     self.ui.start(name)
-                    running[pool.submit(self._execute, target, action)] = (name, action, need)
+                    if pool is None:  # imported and started only when a recipe runs
+                        from concurrent.futures import ThreadPoolExecutor
+
+                        pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="bb-run")
+                    running[pool.submit(self._execute, target, action)] = (name, need)
                 ready.extendleft(reversed(deferred))
                 if not running:
                     if stopping or not ready:
                         break
                     continue
+                from concurrent.futures import FIRST_COMPLETED, wait
+
                 done, _ = wait(list(running), return_when=FIRST_COMPLETED)
                 for future in done:
-                    name, action, need = running.pop(future)
+                    name, need = running.pop(future)
                     free += need
                     report = future.result()
                     self._finish(report)
@@ -122,13 +128,13 @@ class Scheduler:
         except KeyboardInterrupt:
             self.executor.cancel_all()
             for future in list(running):
-                name, _, _ = running[future]
                 report = future.result()
                 if report.status != FAILED:
                     self._finish(report)
-            pool.shutdown(wait=True)
             raise
-        pool.shutdown(wait=True)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
         for name in order:
             if name not in self.reports:
                 self.reports[name] = TargetReport(name, SKIPPED, error="not started: an earlier target failed")
@@ -154,13 +160,14 @@ class Scheduler:
         try:
             action = self.planner.action(target)
         except Unknown as u:
-            return TargetReport(name, WOULD_RUN, reasons=[f"'{u.path}' will be rebuilt by '{u.maker}' (unless its output comes out unchanged)"])
+            made = f"'{u.path}'" if u.path.rstrip("/") == u.maker else f"'{u.path}' (made by '{u.maker}')"
+            return TargetReport(name, WOULD_RUN, reasons=[f"input {made} will be rebuilt first; if its bytes come out unchanged, this target is not run"], waiting_on=u.maker)
         key = action.key()
         if not self.always and not target.phony:
-            result = self.planner.lookup(key)
+            result = self.planner.lookup(target, key)
             if result is not None:
                 self.planner.results[name] = result
-                self.planner.workspace.record(name, key)
+                self.planner.workspace.record(name, result)
                 return TargetReport(name, CACHED, key)
         if self.dry_run:
             reasons = ["-B: always make"] if self.always else (["phony: always runs"] if target.phony else self.planner.why(target, action))
@@ -185,45 +192,44 @@ class Scheduler:
         reasons = self.planner.why(target, action) if self.explain else []
         remove_outputs(ws.root, target.outputs)
         for out in target.outputs if not target.phony else ():
-            parent = os.path.dirname(os.path.join(ws.root, out.rstrip("/")))
-            os.makedirs(parent, exist_ok=True)
-        log_path = ws.log_path(target.name)
-        job = Job(target.name, target.recipe or "", self.graph.settings.shell, ws.root, self.planner.recipe_env(target), target.attrs.timeout, log_path)
+            ws.ensure_dir(os.path.dirname(os.path.join(ws.root, out.rstrip("/"))))
+        job = Job(target.name, target.recipe or "", self.graph.settings.shell, ws.root, self.planner.recipe_env(target), target.attrs.timeout)
         started = time.time()
+        output = b""
         for attempt in range(target.attrs.retries + 1):
             outcome = self.executor.run(job)
+            output += outcome.output
             if outcome.exit_code == 0 or outcome.interrupted:
                 break
             if attempt < target.attrs.retries:
                 self.ui.note(f"{target.name}: attempt {attempt + 1} failed (exit {outcome.exit_code}); retrying")
+                output += f"[bb: attempt {attempt + 1} failed with exit code {outcome.exit_code}; retrying]\n".encode()
         duration = time.time() - started
+        text = output.decode("utf-8", "replace")
+
+        def failed(error: str) -> TargetReport:
+            remove_outputs(ws.root, target.outputs)
+            return TargetReport(target.name, FAILED, key, duration, reasons, error=error, output=text, log=ws.write_log(target.name, output))
+
         if outcome.interrupted:
-            remove_outputs(ws.root, target.outputs)
-            return TargetReport(target.name, FAILED, key, duration, error="interrupted", log=log_path)
+            return failed("interrupted")
         if outcome.exit_code != 0:
-            remove_outputs(ws.root, target.outputs)
-            why = f"timed out after {target.attrs.timeout:g}s" if outcome.timed_out else f"recipe exited with code {outcome.exit_code}"
-            return TargetReport(target.name, FAILED, key, duration, reasons, error=why, log=log_path)
+            return failed(f"timed out after {target.attrs.timeout:g}s" if outcome.timed_out else f"recipe exited with code {outcome.exit_code}")
         if target.phony:
-            return TargetReport(target.name, BUILT, key, duration, reasons, log=log_path)
+            return TargetReport(target.name, BUILT, key, duration, reasons, output=text)
         try:
             outputs = capture(store, ws.stats, ws.root, target.outputs)
         except OutputMissing as missing:
-            remove_outputs(ws.root, target.outputs)
             kind = "directory" if missing.path.endswith("/") else "file"
-            return TargetReport(
-                target.name, FAILED, key, duration, reasons,
-                error=f"recipe succeeded but did not create the declared output {kind} '{missing.path}'", log=log_path,
-            )
-        with open(log_path, "rb") as f:
-            log = f.read()
-        log_digest = hash_bytes(log)
-        store.put_bytes(log, log_digest)
+            return failed(f"recipe succeeded but did not create the declared output {kind} '{missing.path}'")
+        log_digest = hash_bytes(output) if output else ""
+        if output:
+            store.put_bytes(output, log_digest)
         result = ActionResult(
             key, outputs, 0, log_digest, outcome.started, duration, action.to_json(),
-            provenance={"host": socket.gethostname(), "bb": __version__, "executor": "local"},
+            provenance={"host": os.uname().nodename, "bb": __version__, "executor": "local"},
         )
         store.put_result(result)
         self.planner.results[target.name] = result
-        ws.record(target.name, key)
-        return TargetReport(target.name, BUILT, key, duration, reasons, log=log_path)
+        ws.record(target.name, result)
+        return TargetReport(target.name, BUILT, key, duration, reasons, output=text)

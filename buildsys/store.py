@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from .digest import hash_file
@@ -38,14 +38,31 @@ class ActionResult:
     action: dict  # the Action, for `bb why`
     provenance: dict = field(default_factory=dict)  # who/where: never in a key
 
+    def to_json(self) -> dict:
+        # written out: dataclasses.asdict deep-copies, which shows per target
+        return {
+            "key": self.key,
+            "outputs": [{"path": o.path, "digest": o.digest, "size": o.size, "executable": o.executable} for o in self.outputs],
+            "exit_code": self.exit_code,
+            "log": self.log,
+            "started": self.started,
+            "duration": self.duration,
+            "action": self.action,
+            "provenance": self.provenance,
+        }
+
     def to_bytes(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+        return json.dumps(self.to_json(), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, raw: dict) -> "ActionResult":
+        raw = dict(raw)
+        raw["outputs"] = tuple(OutputEntry(o["path"], o["digest"], o["size"], o["executable"]) for o in raw["outputs"])
+        return cls(**raw)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "ActionResult":
-        raw = json.loads(data)
-        raw["outputs"] = tuple(OutputEntry(**o) for o in raw["outputs"])
-        return cls(**raw)
+        return cls.from_json(json.loads(data))
 
     def output(self, path: str) -> OutputEntry | None:
         for o in self.outputs:
@@ -68,18 +85,47 @@ class CorruptEntry(Exception):
     """A stored blob or result does not match its name."""
 
 
-def _clone(src: str, dst: str) -> None:
+FICLONE = 0x40049409
+_reflink_works = True
+
+
+def _clone(src: str, dst: str, mode: int = 0o644) -> None:
     """Copy bytes, sharing extents where the filesystem can (a reflink), so a
     later edit of either copy never reaches the other."""
-    try:
-        import fcntl
+    global _reflink_works
+    with open(src, "rb") as s:
+        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with open(fd, "wb") as d:
+            if _reflink_works:
+                try:
+                    import fcntl
 
-        with open(src, "rb") as s, open(dst, "wb") as d:
-            fcntl.ioctl(d.fileno(), 0x40049409, s.fileno())  # FICLONE
-        return
-    except (OSError, ImportError):
-        pass
-    shutil.copyfile(src, dst)
+                    fcntl.ioctl(d.fileno(), FICLONE, s.fileno())
+                    return
+                except OSError:
+                    _reflink_works = False  # this filesystem cannot; stop asking
+            _copy_range(s, d)
+
+
+def _copy_range(s, d) -> None:
+    """In-kernel copy (copy_file_range), falling back to read/write."""
+    try:
+        size = os.fstat(s.fileno()).st_size
+        copied = 0
+        while copied < size:
+            n = os.copy_file_range(s.fileno(), d.fileno(), size - copied)
+            if n == 0:
+                break
+            copied += n
+        if copied == size:
+            return
+        s.seek(copied)
+        d.seek(copied)
+    except OSError:
+        s.seek(0)
+        d.seek(0)
+        d.truncate()
+    shutil.copyfileobj(s, d, 1 << 20)
 
 
 class LocalStore:
@@ -89,6 +135,7 @@ class LocalStore:
         self.root = root
         self.cas = os.path.join(root, "cas")
         self.ac = os.path.join(root, "ac")
+        self._made: set[str] = set()  # shard folders known to exist
 
     def blob_path(self, digest: str) -> str:
         return os.path.join(self.cas, digest[:2], digest)
@@ -98,7 +145,9 @@ class LocalStore:
 
     def _atomic(self, final: str, write) -> None:
         parent = os.path.dirname(final)
-        os.makedirs(parent, exist_ok=True)
+        if parent not in self._made:
+            os.makedirs(parent, exist_ok=True)
+            self._made.add(parent)
         tmp = os.path.join(parent, f".tmp.{os.getpid()}.{time.monotonic_ns()}")
         try:
             write(tmp)
@@ -119,8 +168,7 @@ class LocalStore:
             return
 
         def write(tmp):
-            _clone(path, tmp)
-            os.chmod(tmp, 0o444)
+            _clone(path, tmp, 0o444)
 
         self._atomic(final, write)
 
@@ -130,9 +178,8 @@ class LocalStore:
             return
 
         def write(tmp):
-            with open(tmp, "wb") as f:
+            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444), "wb") as f:
                 f.write(data)
-            os.chmod(tmp, 0o444)
 
         self._atomic(final, write)
 

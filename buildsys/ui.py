@@ -9,15 +9,7 @@ import time
 TAIL_LINES = 20
 
 
-def tail(path: str, lines: int = TAIL_LINES) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, 2)
-            size = f.tell()
-            f.seek(max(0, size - 64 * 1024))
-            text = f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
+def tail(text: str, lines: int = TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
@@ -54,10 +46,8 @@ class PlainUI:
             return
         if report.status == "built" or (self.verbose and report.status != "cached"):
             self.say(f"[{self.done}/{self.total}] {report.status} {report.name} ({report.duration:.2f}s)")
-            if self.verbose and report.log:
-                out = tail(report.log, 10_000)
-                if out:
-                    self.say(_indent(out))
+            if self.verbose and report.output.strip():
+                self.say(_indent(report.output.rstrip()))
         elif self.verbose:
             self.say(f"[{self.done}/{self.total}] {report.status} {report.name}")
         if report.reasons and (self.verbose or report.status == "would run"):
@@ -74,10 +64,10 @@ def _indent(text: str) -> str:
 
 def failure_text(report) -> str:
     text = f"bb: error: target '{report.name}' failed: {report.error}."
+    out = tail(report.output).rstrip()
+    if out:
+        text += f" Last lines of its output:\n{_indent(out)}"
     if report.log:
-        out = tail(report.log)
-        if out:
-            text += f" Last lines of its output:\n{_indent(out)}"
         text += f"\n    full log: {report.log}"
     return text
 

@@ -1,6 +1,7 @@
 """The workspace: the project folder and bb's state inside it (.bb/):
-the stat cache, the parse cache, the key each target had when last built
-(for `bb why`) and the logs of the last runs."""
+the stat cache, the parse cache, each target's last action result (for
+`bb why`, and so a no-op build reads one file instead of one per target) and
+the logs of the last runs."""
 from __future__ import annotations
 
 import json
@@ -8,6 +9,7 @@ import os
 import re
 
 from .digest import StatCache
+from .store import ActionResult
 
 STATE_DIR = ".bb"
 
@@ -20,10 +22,14 @@ class Workspace:
         self._last_path = os.path.join(self.state, "last-builds.json")
         self._last: dict[str, str] | None = None
         self._last_dirty = False
+        self._dirs: set[str] = set()  # folders known to exist
 
     @property
     def last(self) -> dict[str, str]:
         """target -> key of its last successful build."""
+        return {name: entry["key"] for name, entry in self._entries().items()}
+
+    def _entries(self) -> dict[str, dict]:
         if self._last is None:
             try:
                 with open(self._last_path) as f:
@@ -32,15 +38,38 @@ class Workspace:
                 self._last = {}
         return self._last
 
-    def record(self, target: str, key: str) -> None:
-        if self.last.get(target) != key:
-            self.last[target] = key
+    def last_result(self, target: str, key: str) -> ActionResult | None:
+        """The target's last result, if it was for this key."""
+        entry = self._entries().get(target)
+        if entry is None or entry["key"] != key:
+            return None
+        try:
+            return ActionResult.from_json({**entry, "action": {}})
+        except (KeyError, TypeError):
+            return None
+
+    def record(self, target: str, result: ActionResult) -> None:
+        entries = self._entries()
+        if entries.get(target, {}).get("key") != result.key:
+            entry = result.to_json()
+            del entry["action"]  # the store has it; keep this index small
+            entries[target] = entry
             self._last_dirty = True
 
-    def log_path(self, target: str) -> str:
+    def ensure_dir(self, path: str) -> None:
+        if path not in self._dirs:
+            if not os.path.isdir(path):
+                os.makedirs(path, exist_ok=True)
+            self._dirs.add(path)
+
+    def write_log(self, target: str, output: bytes) -> str:
+        """Save a failed recipe's output where the user can read it."""
         folder = os.path.join(self.state, "logs")
-        os.makedirs(folder, exist_ok=True)
-        return os.path.join(folder, re.sub(r"[^A-Za-z0-9._-]+", "_", target) + ".log")
+        self.ensure_dir(folder)
+        path = os.path.join(folder, re.sub(r"[^A-Za-z0-9._-]+", "_", target) + ".log")
+        with open(path, "wb") as f:
+            f.write(output)
+        return os.path.relpath(path)
 
     def save(self) -> None:
         self.stats.save()

@@ -13,7 +13,6 @@ class Job:
     cwd: str
     env: dict
     timeout: float  # seconds, 0 = none
-    log_path: str
 
 
 @dataclass(frozen=True)
@@ -23,6 +22,7 @@ class Outcome:
     duration: float
     timed_out: bool = False
     interrupted: bool = False
+    output: bytes = b""  # stdout and stderr, interleaved
 
 
 class Executor(Protocol):

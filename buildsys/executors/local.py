@@ -1,5 +1,8 @@
 """Run recipes as local processes, each in its own process group so that a
-timeout or Ctrl-C stops the whole tree a recipe started."""
+timeout or Ctrl-C stops the whole tree a recipe started.
+
+A recipe's output is read through a pipe into memory (the last LOG_LIMIT
+bytes): creating a log file per recipe costs more than a trivial recipe."""
 from __future__ import annotations
 
 import os
@@ -11,6 +14,7 @@ import time
 from . import Job, Outcome
 
 GRACE_SECONDS = 5.0
+LOG_LIMIT = 8 << 20
 
 
 class LocalExecutor:
@@ -23,37 +27,45 @@ class LocalExecutor:
         started = time.time()
         if self._cancelled.is_set():
             return Outcome(130, started, 0.0, interrupted=True)
-        with open(job.log_path, "wb") as log:
-            try:
-                proc = subprocess.Popen(
-                    [job.shell, "-e", "-c", job.recipe],
-                    cwd=job.cwd,
-                    env=job.env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            except OSError as err:
-                log.write(f"bb: cannot start {job.shell}: {err}\n".encode())
-                return Outcome(127, started, time.time() - started)
-            with self._lock:
-                self._running[proc.pid] = proc
-            timed_out = False
-            try:
-                proc.wait(timeout=job.timeout or None)
-            except subprocess.TimeoutExpired:
-                timed_out = True
+        try:
+            proc = subprocess.Popen(
+                [job.shell, "-e", "-c", job.recipe],
+                cwd=job.cwd,
+                env=job.env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as err:
+            return Outcome(127, started, time.time() - started, output=f"bb: cannot start {job.shell}: {err}\n".encode())
+        with self._lock:
+            self._running[proc.pid] = proc
+        timer = None
+        expired = threading.Event()
+        if job.timeout:
+            def expire():
+                expired.set()
                 _stop(proc)
-            finally:
-                with self._lock:
-                    self._running.pop(proc.pid, None)
+
+            timer = threading.Timer(job.timeout, expire)
+            timer.daemon = True
+            timer.start()
+        try:
+            output = _read_tail(proc.stdout)
+            proc.wait()
+        finally:
+            if timer is not None:
+                timer.cancel()
+            with self._lock:
+                self._running.pop(proc.pid, None)
         return Outcome(
             proc.returncode,
             started,
             time.time() - started,
-            timed_out=timed_out,
+            timed_out=expired.is_set(),
             interrupted=self._cancelled.is_set(),
+            output=output,
         )
 
     def cancel_all(self) -> None:
@@ -62,6 +74,20 @@ class LocalExecutor:
             procs = list(self._running.values())
         for proc in procs:
             _stop(proc)
+
+
+def _read_tail(stream) -> bytes:
+    buf = bytearray()
+    truncated = False
+    with stream:
+        while chunk := stream.read1(1 << 16):
+            buf += chunk
+            if len(buf) > 2 * LOG_LIMIT:
+                del buf[: len(buf) - LOG_LIMIT]
+                truncated = True
+    if truncated:
+        return b"[bb: earlier output dropped]\n" + bytes(buf[-LOG_LIMIT:])
+    return bytes(buf)
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -77,4 +103,3 @@ def _stop(proc: subprocess.Popen) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        proc.wait()
