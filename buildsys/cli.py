@@ -122,6 +122,11 @@ def _bring_home(ctx, planner, sched, roots, ui):
                 ui.note(f"restored {path} from the store")
 
 
+def _work(ctx, reports) -> dict:
+    """Reports of targets that are work, leaving out aliases (rules without recipes)."""
+    return {n: r for n, r in reports.items() if not (ctx.graph.targets[n].phony and ctx.graph.targets[n].recipe is None)}
+
+
 def _summary(reports, seconds) -> dict:
     counts: dict[str, int] = {}
     for r in reports.values():
@@ -133,6 +138,7 @@ def cmd_build(args) -> int:
     if args.dry_run:
         return cmd_plan(args, recipes=True)
     ctx, roots, reports, seconds = _run(args, dry_run=False)
+    reports = _work(ctx, reports)
     failed = [r for r in reports.values() if r.status == "failed"]
     summary = _summary(reports, seconds)
     if args.json:
@@ -148,14 +154,13 @@ def cmd_build(args) -> int:
 
 def cmd_plan(args, recipes=False) -> int:
     ctx, roots, reports, _ = _run(args, dry_run=True)
+    reports = _work(ctx, reports)
     if getattr(args, "json", False):
         print(json.dumps({"targets": [r.to_json() for r in reports.values()]}, indent=2))
         return 0
     to_run = 0
     for r in reports.values():
         target = ctx.graph.targets[r.name]
-        if target.phony and target.recipe is None:
-            continue
         if r.status == "would run":
             to_run += 1
             print(f"run     {r.name}")

@@ -117,20 +117,35 @@ def expand(text: str, scope: dict, where: Location, *, recipe: bool = False) -> 
     return REF.sub(sub, text) if "$" in text else text
 
 
-def expand_words(word: str, scope: dict, where: Location) -> list[str]:
+def expand_recipe(text: str, scope: dict, where: Location) -> str:
+    """Expand a recipe word by word; a word holding a list variable becomes one
+    word per item, as in rule headers (out/$(SETS).csv -> out/a.csv out/b.csv)."""
+
+    def word(m):
+        w = m.group(0)
+        if "$" not in w:
+            return w
+        if any(m2.group(2) and isinstance(scope.get(m2.group(2)), tuple) for m2 in REF.finditer(w)):
+            return " ".join(expand_words(w, scope, where, recipe=True))
+        return expand(w, scope, where, recipe=True)
+
+    return re.sub(r"\S+", word, text)
+
+
+def expand_words(word: str, scope: dict, where: Location, recipe: bool = False) -> list[str]:
     """Expand one header word; a list variable inside a word multiplies it
     (data/$(SETS).csv -> data/a.csv data/b.csv)."""
     if "$" not in word:
         return [word]
     lists = [m.group(2) for m in REF.finditer(word) if m.group(2) and isinstance(scope.get(m.group(2)), tuple)]
     if not lists:
-        return expand(word, scope, where).split()
+        return expand(word, scope, where, recipe=recipe).split()
     names = list(dict.fromkeys(lists))
     out = []
     for combo in itertools.product(*(scope[n] for n in names)):
         local = dict(scope)
         local.update(zip(names, combo))
-        out.extend(expand(word, local, where).split())
+        out.extend(expand(word, local, where, recipe=recipe).split())
     return out
 
 
@@ -424,7 +439,7 @@ def build_graph(model: Batchfile, overrides: dict[str, str] | None = None, root:
             local = dict(p.scope)
             local.update({"@": p.outputs[0], "<": inputs[0] if inputs else "", "^": " ".join(inputs), "in": tuple(inputs), "out": p.outputs})
             local.setdefault("*", "")
-            recipe = expand(p.rule.recipe, local, Location(p.rule.location.file, p.rule.recipe_line), recipe=True)
+            recipe = expand_recipe(p.rule.recipe, local, Location(p.rule.location.file, p.rule.recipe_line))
         attrs = p.attrs
         if settings.env:
             attrs = Attrs(**{**attrs.__dict__, "env": tuple(dict.fromkeys(settings.env + attrs.env))})
@@ -443,17 +458,25 @@ def build_graph(model: Batchfile, overrides: dict[str, str] | None = None, root:
         lines = []
         for path, who in list(needers.items())[:10]:
             names = ", ".join(f"'{t.name}' ({t.location})" for t in who[:3]) + (" and more" if len(who) > 3 else "")
-            lines.append(f"  '{path}' needed by {names}")
-        first = next(iter(needers))
-        hint = did_you_mean(first, declared)
+            guess = did_you_mean(path, declared + _neighbours(path, root))
+            lines.append(f"  '{path}' needed by {names}" + (f". {guess}" if guess else ""))
         raise BatchfileError(
             f"{len(needers)} input(s) do not exist and no target makes them.",
-            hint=(hint + " " if hint else "") + "Create them, fix the paths, or add rules that make them.",
+            hint="Create them, fix the paths, or add rules that make them.",
             detail="\n".join(lines),
         )
     graph = Graph(targets, deps, producer, default, settings, scope, made_dirs)
     _check_cycles(graph)
     return graph
+
+
+def _neighbours(path: str, root: str) -> list[str]:
+    """Files beside a missing path, for "did you mean"."""
+    folder = os.path.dirname(path)
+    try:
+        return [os.path.join(folder, n) if folder else n for n in os.listdir(os.path.join(root, folder) if folder else root)]
+    except OSError:
+        return []
 
 
 def _is_glob(word: str) -> bool:

@@ -1,0 +1,184 @@
+"""Scheduling through `bb`: parallelism, -k, Ctrl-C and resuming."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+from conftest import BB_CMD, statuses
+
+
+def test_independent_recipes_run_in_parallel(project):
+    # Each recipe records when it started and ended; with -j2 the two
+    # intervals overlap. Each waits until the other has started (bounded),
+    # so the test shows overlap without relying on timing thresholds.
+    project.batchfile("""
+        @for n in [a, b]
+        $(n).txt:
+            date +%s.%N > $(n).start
+            for i in $$(seq 100); do [ -e a.start ] && [ -e b.start ] && break; sleep 0.05; done
+            date +%s.%N > $(n).end
+            echo $(n) > $@
+
+        @default
+        all: a.txt b.txt
+    """)
+    project.build("-j2")
+    a0, a1 = float(project.read("a.start")), float(project.read("a.end"))
+    b0, b1 = float(project.read("b.start")), float(project.read("b.end"))
+    assert a0 < b1 and b0 < a1, "with -j2 the two recipes' run times overlap"
+
+
+def test_j1_runs_one_at_a_time(project):
+    project.batchfile("""
+        @for n in [a, b, c]
+        $(n).txt:
+            date +%s.%N > $(n).start
+            sleep 0.1
+            date +%s.%N > $(n).end
+            echo > $@
+
+        @default
+        all: a.txt b.txt c.txt
+    """)
+    project.build("-j1")
+    spans = sorted((float(project.read(f"{n}.start")), float(project.read(f"{n}.end"))) for n in "abc")
+    for (s0, e0), (s1, e1) in zip(spans, spans[1:]):
+        assert e0 <= s1
+
+
+def test_cpus_attribute_takes_job_slots(project):
+    # With -j2, a @cpus 2 target never runs beside another one.
+    project.batchfile("""
+        @cpus 2
+        big.txt:
+            date +%s.%N > big.start
+            sleep 0.3
+            date +%s.%N > big.end
+            echo > $@
+
+        small.txt:
+            date +%s.%N > small.start
+            sleep 0.3
+            date +%s.%N > small.end
+            echo > $@
+
+        @default
+        all: big.txt small.txt
+    """)
+    project.build("-j2")
+    big = float(project.read("big.start")), float(project.read("big.end"))
+    small = float(project.read("small.start")), float(project.read("small.end"))
+    assert big[1] <= small[0] or small[1] <= big[0]
+
+
+FAILING = """
+    bad.txt:
+        echo starting
+        echo partial > $@
+        exit 3
+
+    good.txt:
+        sleep 0.3
+        echo good > $@
+
+    after-bad.txt: bad.txt
+        cat $< > $@
+
+    @default
+    all: after-bad.txt good.txt
+"""
+
+
+def test_failure_stops_new_work_and_reports(project):
+    project.batchfile(FAILING)
+    report = project.build("-j1", check=1)
+    assert report["bad.txt"] == "failed"
+    assert report["after-bad.txt"] == "skipped"
+    assert not project.exists("bad.txt"), "a failed recipe leaves no half-written output"
+    err = project.last_proc.stderr
+    assert "bad.txt" in err and "exited with code 3" in err and "starting" in err
+
+
+def test_keep_going_builds_everything_else(project):
+    project.batchfile(FAILING)
+    report = project.build("-k", "-j1", check=1)
+    assert report["bad.txt"] == "failed"
+    assert report["good.txt"] == "built"
+    assert report["after-bad.txt"] == "skipped"
+    # the finished work is kept: fixing the failure runs only what is left
+    project.batchfile(FAILING.replace("exit 3", "true"))
+    again = project.build()
+    assert again["good.txt"] == "cached"
+    assert statuses(again, "built") == {"bad.txt", "after-bad.txt"}
+
+
+def test_interrupt_leaves_a_consistent_store_and_the_rerun_finishes(project):
+    project.batchfile("""
+        first.txt:
+            echo first > $@
+
+        slow.txt: first.txt
+            echo started > slow.started
+            echo partial > $@
+            sleep 30
+            echo done >> $@
+
+        @default
+        all: slow.txt
+    """)
+    proc = subprocess.Popen(BB_CMD + ["build", "--json"], cwd=project.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 30
+    while not project.exists("slow.started") and time.time() < deadline:
+        time.sleep(0.05)
+    assert project.exists("slow.started")
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C sends to the terminal's process group
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err.lower()
+    assert "Traceback" not in err
+    assert not project.exists("slow.txt"), "the interrupted target's output is removed"
+    # the store holds no temp files and no result for the interrupted target
+    leftovers = [p for p in (project.root / ".bb").rglob("*") if ".tmp" in p.name]
+    assert leftovers == []
+    project.batchfile("""
+        first.txt:
+            echo first > $@
+
+        slow.txt: first.txt
+            echo done > $@
+
+        @default
+        all: slow.txt
+    """)
+    report = project.build()
+    assert report == {"first.txt": "cached", "slow.txt": "built"}
+
+
+def test_kill_9_then_rerun_resumes(project):
+    project.batchfile("""
+        first.txt:
+            echo first > $@
+
+        slow.txt: first.txt
+            echo started > slow.started
+            sleep 30
+            echo done > $@
+    """)
+    proc = subprocess.Popen(BB_CMD + ["build", "slow.txt"], cwd=project.root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 30
+    while not project.exists("slow.started") and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    project.batchfile("""
+        first.txt:
+            echo first > $@
+
+        slow.txt: first.txt
+            echo done > $@
+    """)
+    report = project.build("slow.txt")
+    assert report == {"first.txt": "cached", "slow.txt": "built"}
+    assert project.read("slow.txt") == "done\n"
