@@ -22,6 +22,7 @@ class Context:
     graph: object
     workspace: object
     store: object
+    sources: tuple = ()  # the Batchfile and its includes
 
 
 def _find_batchfile(explicit: str | None) -> str:
@@ -61,7 +62,7 @@ def load_context(args, wanted=()) -> Context:
     graph = build_graph(model, getattr(args, "overrides", {}), root, wanted=wanted)
     store_dir = getattr(args, "store", None) or os.environ.get("BB_STORE") or graph.settings.store or STATE_DIR
     store_dir = os.path.join(root, os.path.expanduser(store_dir))
-    return Context(root, path, graph, Workspace(root), LocalStore(store_dir))
+    return Context(root, path, graph, Workspace(root), LocalStore(store_dir), model.sources)
 
 
 # ---- build / plan ---------------------------------------------------------------
@@ -134,18 +135,45 @@ def _summary(reports, seconds) -> dict:
     return {"counts": counts, "seconds": round(seconds, 3)}
 
 
-def cmd_build(args) -> int:
-    if args.dry_run:
-        return cmd_plan(args, recipes=True)
-    ctx, roots, reports, seconds = _run(args, dry_run=False)
-    reports = _work(ctx, reports)
-    failed = [r for r in reports.values() if r.status == "failed"]
+def _stamp(args) -> str:
+    from . import noop
+    from .workspace import STATE_DIR
+
+    path = os.path.abspath(_find_batchfile(args.file))
+    targets, overrides = _split_overrides(args.targets)
+    identity = [path, targets, sorted(overrides.items()), args.store, os.environ.get("BB_STORE")]
+    return noop.stamp_path(os.path.join(os.path.dirname(path), STATE_DIR), identity)
+
+
+def _report(args, reports, seconds) -> None:
     summary = _summary(reports, seconds)
+    failed = [r for r in reports.values() if r.status == "failed"]
     if args.json:
         print(json.dumps({"targets": [r.to_json() for r in reports.values()], "summary": summary, "ok": not failed}, indent=2))
     if not args.quiet:
-        parts = ", ".join(f"{n} {s}" for s, n in sorted(summary["counts"].items()))
+        parts = ", ".join(f"{n} {s}" for s, n in sorted(summary["counts"].items())) or "nothing to do"
         print(f"bb: {parts} in {seconds:.2f}s", file=sys.stderr)
+
+
+def cmd_build(args) -> int:
+    if args.dry_run:
+        return cmd_plan(args, recipes=True)
+    from . import noop
+    from .report import TargetReport
+
+    t0 = time.time()
+    stamp = _stamp(args)
+    if not args.always_make:
+        current = noop.check(stamp)
+        if current is not None:
+            _report(args, {name: TargetReport(name, "cached", key) for name, key in current}, time.time() - t0)
+            return 0
+    ctx, roots, reports, seconds = _run(args, dry_run=False)
+    reports = _work(ctx, reports)
+    failed = [r for r in reports.values() if r.status == "failed"]
+    if not failed:
+        noop.write(stamp, ctx, roots, reports)
+    _report(args, reports, seconds)
     if failed:
         names = ", ".join(f"'{r.name}'" for r in failed[:5])
         raise BuildFailed(f"{len(failed)} target(s) failed: {names}.", hint="Their output is shown above; fix and run again (finished targets are kept).")
@@ -273,6 +301,7 @@ def cmd_clean(args) -> int:
     print(f"bb: removed {removed} output(s) from the workspace; the store still has them", file=sys.stderr)
     if args.purge:
         shutil.rmtree(ctx.store.root, ignore_errors=True)
+        shutil.rmtree(os.path.join(ctx.workspace.state, "noop"), ignore_errors=True)
         print(f"bb: removed the local store {ctx.store.root}", file=sys.stderr)
     return 0
 

@@ -61,6 +61,7 @@ class Graph:
     settings: Settings
     variables: dict[str, str | tuple[str, ...]] = field(default_factory=dict)
     dirs: set[str] = field(default_factory=set)  # directory outputs, no trailing slash
+    watched: set[str] = field(default_factory=set)  # folders whose listing shaped the graph
 
 
     def producer_of(self, path: str) -> str | None:
@@ -376,11 +377,15 @@ def build_graph(model: Batchfile, overrides: dict[str, str] | None = None, root:
         default = pending[0].outputs[0].rstrip("/")
 
     made_dirs = {o.rstrip("/") for p in pending for o in p.outputs if o.endswith("/")}
+    watched: set[str] = set()
 
     def made_by(path: str) -> str | None:
         return _maker(producer, made_dirs, path)
 
     def exists(path: str) -> bool:
+        # The answer depends on the folder's listing: a fast no-op check
+        # watches that folder for entries coming or going.
+        watched.add(os.path.dirname(path.rstrip("/")) or ".")
         return os.path.lexists(path if os.path.isabs(path) else os.path.join(root, path))
 
     # Pattern rules are instantiated for paths that need a maker: a work list,
@@ -422,7 +427,7 @@ def build_graph(model: Batchfile, overrides: dict[str, str] | None = None, root:
         inputs: list[str] = []
         for word in p.inputs:
             if _is_glob(word):
-                found = _glob(word, root, declared)
+                found = _glob(word, root, declared, watched)
                 if not found:
                     raise BatchfileError(
                         f"input pattern '{word}' of '{p.outputs[0]}' matches no file and no target's output.",
@@ -465,7 +470,7 @@ def build_graph(model: Batchfile, overrides: dict[str, str] | None = None, root:
             hint="Create them, fix the paths, or add rules that make them.",
             detail="\n".join(lines),
         )
-    graph = Graph(targets, deps, producer, default, settings, scope, made_dirs)
+    graph = Graph(targets, deps, producer, default, settings, scope, made_dirs, watched)
     _check_cycles(graph)
     return graph
 
@@ -483,8 +488,15 @@ def _is_glob(word: str) -> bool:
     return any(c in word for c in "*?")
 
 
-def _glob(pattern: str, root: str, declared: list[str]) -> list[str]:
+def _glob(pattern: str, root: str, declared: list[str], watched: set[str]) -> list[str]:
     full = pattern if os.path.isabs(pattern) else os.path.join(root, pattern)
+    # Folders whose listing decides what the pattern matches (for the no-op check).
+    static = os.path.dirname(re.split(r"[*?]", pattern, maxsplit=1)[0]) or "."
+    watched.add(static)
+    folders = os.path.join(static, "**") if "**" in pattern else (os.path.dirname(pattern) or ".")
+    for folder in glob.glob(os.path.join(root, folders), recursive=True):
+        if os.path.isdir(folder):
+            watched.add(os.path.relpath(folder, root))
     found = {
         (p if os.path.isabs(pattern) else os.path.relpath(p, root)).replace(os.sep, "/")
         for p in glob.glob(full, recursive=True)

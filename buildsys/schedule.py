@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from dataclasses import dataclass, field
 
 from . import __version__
 from .action import Action
@@ -18,38 +17,8 @@ from .executors import Executor, Job
 from .graph import Target
 from .materialize import OutputMissing, capture, materialize, remove_outputs
 from .plan import Planner, Unknown
+from .report import BUILT, CACHED, FAILED, SKIPPED, WOULD_RUN, TargetReport
 from .store import ActionResult
-
-BUILT, CACHED, FAILED, SKIPPED = "built", "cached", "failed", "skipped"
-WOULD_RUN = "would run"  # dry runs only
-
-
-@dataclass
-class TargetReport:
-    name: str
-    status: str
-    key: str | None = None
-    duration: float = 0.0
-    reasons: list[str] = field(default_factory=list)
-    error: str = ""
-    output: str = ""  # what the recipe printed
-    log: str = ""  # where a failed recipe's output was saved
-    waiting_on: str = ""  # dry runs: the upstream target whose output decides this one's key
-
-    def to_json(self) -> dict:
-        out = {"target": self.name, "status": self.status, "key": self.key, "duration": round(self.duration, 6)}
-        if self.error:
-            out["error"] = self.error
-        if self.reasons:
-            out["reasons"] = self.reasons
-        return out
-
-
-@dataclass
-class _Failure:
-    message: str
-    log: str = ""
-
 
 class Scheduler:
     def __init__(self, planner: Planner, executor: Executor, ui, *, jobs: int, keep_going=False, always=False, dry_run=False, explain=False):

@@ -1,0 +1,134 @@
+"""The fast no-op check: is the last successful build of these targets still
+current? Answered from stat() calls alone, as make does, before the
+Batchfile is even parsed.
+
+After a successful build, a stamp records the stat of everything that could
+change the answer: the Batchfile and its includes, every source input (and
+every file and folder inside input folders), the folders whose listing
+shaped the graph (globs, pattern rules), the requested outputs in the
+workspace, and the declared environment variables. If all are unchanged,
+every key is unchanged, so there is nothing to do. Any doubt means the full
+path runs; the stamp only ever skips work the full path would also skip.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from . import __version__
+
+RACY_SECONDS = 2.0  # as in the stat cache: a just-modified file might change again unseen
+
+
+def _sig(path: str):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
+
+
+def stamp_path(state_dir: str, identity: list) -> str:
+    from .digest import hash_bytes
+
+    name = hash_bytes(json.dumps([__version__] + identity).encode())[:32]
+    return os.path.join(state_dir, "noop", name)
+
+
+def check(path: str) -> list | None:
+    """The stamp's report ([target, key] pairs) if everything is unchanged."""
+    try:
+        with open(path) as f:
+            stamp = json.load(f)
+    except (OSError, ValueError):
+        return None
+    try:
+        for group in ("sources", "files", "dirs", "outputs"):
+            for p, sig in stamp[group].items():
+                if _sig(p) != sig:
+                    return None
+        for name, value in stamp["env"].items():
+            if os.environ.get(name) != value:
+                return None
+        return stamp["report"]
+    except (KeyError, TypeError, AttributeError):
+        return None
+
+
+def _walk(top: str, files: dict, dirs: dict) -> None:
+    dirs[top] = _sig(top)
+    for dirpath, dirnames, filenames in os.walk(top):
+        for d in dirnames:
+            full = os.path.join(dirpath, d)
+            dirs[full] = _sig(full)
+        for f in filenames:
+            full = os.path.join(dirpath, f)
+            files[full] = _sig(full)
+
+
+def write(path: str, ctx, roots: list[str], reports: dict) -> None:
+    graph, root = ctx.graph, ctx.root
+    started = time.time()
+    files: dict = {}
+    dirs: dict = {}
+    outputs: dict = {}
+    env: dict = {}
+
+    def full(p: str) -> str:
+        return p if os.path.isabs(p) else os.path.join(root, p)
+
+    order = graph.closure(roots)
+    for name in order:
+        target = graph.targets[name]
+        for n in target.attrs.env:
+            env[n] = os.environ.get(n)
+        for inp in target.inputs:
+            if inp in graph.targets or graph.producer_of(inp.rstrip("/")) is not None:
+                continue
+            p = full(inp.rstrip("/"))
+            if os.path.isdir(p):
+                _walk(p, files, dirs)
+            else:
+                files[p] = _sig(p)
+    if graph.settings.requirements:
+        files[full(graph.settings.requirements)] = _sig(full(graph.settings.requirements))
+    for folder in graph.watched:
+        dirs[full(folder)] = _sig(full(folder))
+    # the requested outputs must still be in the workspace, unchanged
+    stack, seen = list(roots), set()
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        target = graph.targets[name]
+        if target.phony:
+            stack.extend(graph.deps[name])
+            continue
+        for out in target.outputs:
+            p = full(out.rstrip("/"))
+            if out.endswith("/"):
+                _walk(p, outputs, outputs)
+            else:
+                outputs[p] = _sig(p)
+    sources = {os.path.abspath(s): _sig(s) for s in ctx.sources}
+    sigs = [sig for group in (files, dirs, outputs, sources) for sig in group.values()]
+    if any(sig is not None and started - sig[1] / 1e9 < RACY_SECONDS for sig in sigs):
+        return  # something changed just now; let the next run take the full path
+    stamp = {
+        "sources": sources,
+        "files": files,
+        "dirs": dirs,
+        "outputs": outputs,
+        "env": env,
+        "report": [[r.name, r.key] for r in reports.values()],
+    }
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(stamp, f, separators=(",", ":"))
+        os.replace(tmp, path)
+    except OSError:
+        pass
