@@ -26,12 +26,13 @@ class Action:
     env: tuple[tuple[str, str | None], ...]  # declared variables and their values
     environment: tuple[tuple[str, str], ...]  # image, requirements digest, shell
     schema: str = SCHEMA
+    variables: tuple[tuple[str, str], ...] = ()  # explanation only, not in the key
 
     def canonical(self) -> bytes:
         # The target's name is not part of the key: two rules doing the same
         # work on the same inputs into the same paths share a result.
         body = self.to_json()
-        del body["target"]
+        del body["target"], body["variables"]
         return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
     def key(self) -> str:
@@ -48,6 +49,7 @@ class Action:
             "env": self.env,
             "environment": self.environment,
             "schema": self.schema,
+            "variables": self.variables,
         }
 
     def to_bytes(self) -> bytes:
@@ -64,12 +66,17 @@ class Action:
             env=tuple(tuple(x) for x in data["env"]),
             environment=tuple(tuple(x) for x in data["environment"]),
             schema=data.get("schema", ""),
+            variables=tuple(tuple(x) for x in data.get("variables", ())),
         )
 
 
 def diff(old: Action, new: Action) -> list[str]:
     """What changed from `old` to `new`, one line per changed field."""
     lines: list[str] = []
+    old_vars, new_vars = dict(old.variables), dict(new.variables)
+    for name in new_vars:
+        if name in old_vars and old_vars[name] != new_vars[name]:
+            lines.append(f"variable {name} changed: {old_vars[name]!r} -> {new_vars[name]!r}")
     if old.schema != new.schema:
         lines.append(f"bb's key schema changed ({old.schema} -> {new.schema})")
     old_in, new_in = dict(old.inputs), dict(new.inputs)

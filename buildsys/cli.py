@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 
 from . import __version__
-from .errors import BatchfileError, BBError, BuildFailed, Interrupted
+from .errors import BatchfileError, BBError, BuildFailed, Interrupted, UsageError
 
 COMMANDS = ("build", "plan", "why", "list", "graph", "clean", "cache")
 BATCHFILE_NAMES = ("Batchfile", "batchfile", "Batchfile.bb")
@@ -266,7 +266,7 @@ def cmd_list(args) -> int:
         Console().print(table)
     else:
         for r in rows:
-            print(r["target"])
+            print(r["target"] + ("  (default)" if r["default"] else ""))
     return 0
 
 
@@ -310,7 +310,7 @@ def cmd_cache_gc(args) -> int:
     from .gc import collect, parse_age, parse_size
 
     if args.max_size is None and args.max_age is None:
-        raise BBError("say what to keep: --max-size (such as 10G) and/or --max-age (such as 30d).", )
+        raise UsageError("say what to keep: --max-size (such as 10G) and/or --max-age (such as 30d).")
     args.overrides = {}
     ctx = load_context(args)
     keep = set(ctx.workspace.last.values()) if not args.include_current else set()
@@ -422,7 +422,7 @@ def main(argv=None) -> int:
             try:
                 os.chdir(args.directory)
             except OSError as err:
-                raise BBError(f"cannot change to directory '{args.directory}': {err.strerror}.") from None
+                raise UsageError(f"cannot change to directory '{args.directory}': {err.strerror}.", hint="Check the path given to -C.") from None
         return args.func(args)
     except BBError as err:
         print(err.render(), file=sys.stderr)

@@ -43,6 +43,12 @@ class BatchfileError(BBError):
     exit_code = 2
 
 
+class UsageError(BBError):
+    """The command line asks for something that cannot be done (exit 2, as Make)."""
+
+    exit_code = 2
+
+
 class BuildFailed(BBError):
     exit_code = 1
 

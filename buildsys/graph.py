@@ -41,6 +41,9 @@ class Target:
     attrs: Attrs
     phony: bool
     location: Location
+    # The Batchfile variables the rule uses, for `bb why` ("lr: 0.1 -> 0.2").
+    # Not part of the key: their effect already is, through the recipe and paths.
+    variables: tuple[tuple[str, str], ...] = ()
 
 
 def _maker(producer: dict[str, str], dirs: set[str], path: str) -> str | None:
@@ -241,7 +244,7 @@ def _attributes(rule: Rule, scope: dict) -> tuple[Attrs, bool, bool]:
             raise BatchfileError(
                 f"unknown attribute '@{attr.name}'.",
                 where=attr.location,
-                hint=did_you_mean(attr.name, ATTRIBUTES) or "Known attributes: @" + ", @".join(ATTRIBUTES) + ", @for.",
+                hint=did_you_mean("@" + attr.name, ["@" + a for a in ATTRIBUTES]) or "Known attributes: @" + ", @".join(ATTRIBUTES) + ", @for.",
             )
         args = tuple(
             tuple(expand(x, scope, attr.location) for x in a) if isinstance(a, tuple) else expand(a, scope, attr.location)
@@ -420,6 +423,7 @@ def build_graph(model: Batchfile, overrides: dict[str, str] | None = None, root:
 
     # Globs match files on disk and outputs that targets will make.
     declared = sorted(producer)
+    usage: dict = {}
     targets: dict[str, Target] = {}
     deps: dict[str, tuple[str, ...]] = {}
     needers: dict[str, list[Target]] = {}
@@ -448,7 +452,7 @@ def build_graph(model: Batchfile, overrides: dict[str, str] | None = None, root:
         attrs = p.attrs
         if settings.env:
             attrs = Attrs(**{**attrs.__dict__, "env": tuple(dict.fromkeys(settings.env + attrs.env))})
-        target = Target(name, p.outputs, tuple(inputs), recipe, tuple(p.params), attrs, p.phony, p.rule.location)
+        target = Target(name, p.outputs, tuple(inputs), recipe, tuple(p.params), attrs, p.phony, p.rule.location, _used_variables(p.rule, scope, usage))
         targets[name] = target
         dep_names = []
         for i in inputs:
@@ -473,6 +477,14 @@ def build_graph(model: Batchfile, overrides: dict[str, str] | None = None, root:
     graph = Graph(targets, deps, producer, default, settings, scope, made_dirs, watched)
     _check_cycles(graph)
     return graph
+
+
+def _used_variables(rule: Rule, scope: dict, memo: dict) -> tuple:
+    if rule not in memo:
+        text = " ".join((rule.recipe or "",) + rule.outputs + rule.inputs)
+        names = dict.fromkeys(m.group(2) for m in REF.finditer(text) if m.group(2) in scope)
+        memo[rule] = tuple((n, _flat(scope[n])) for n in names)
+    return memo[rule]
 
 
 def _neighbours(path: str, root: str) -> list[str]:

@@ -79,6 +79,8 @@ def write(path: str, ctx, roots: list[str], reports: dict) -> None:
         return p if os.path.isabs(p) else os.path.join(root, p)
 
     order = graph.closure(roots)
+    if any(graph.targets[n].phony and graph.targets[n].recipe is not None for n in order):
+        return  # a @phony recipe runs every time: never skip it
     for name in order:
         target = graph.targets[name]
         for n in target.attrs.env:

@@ -25,8 +25,8 @@ TOKEN_WORDS = {
     "RECIPE_LINE": "an indented recipe line",
     "SETTING_NAME": "an indented 'name = value' setting",
     "_NL": "the end of the line",
-    "ASSIGN_OP": "'='",
     "COLON": "':'",
+    "ASSIGN_OP": "'='",
     "EQUAL": "'='",
     "LSQB": "'['",
     "RSQB": "']'",
@@ -142,15 +142,20 @@ def _syntax_error(err, path: str, text: str) -> BatchfileError:
     caret = f"    {source}\n    {' ' * (max(column, 1) - 1)}^"
     expected = sorted({TOKEN_WORDS.get(t, t.lower()) for t in getattr(err, "expected", None) or getattr(err, "allowed", None) or ()})
     if isinstance(err, UnexpectedToken):
-        found = "the end of the file" if err.token.type == "$END" else f"'{err.token}'"
+        kind = err.token.type
+        found = "end of file" if kind == "$END" else "end of line" if kind == "_NL" else f"'{err.token}'"
     elif isinstance(err, UnexpectedCharacters):
         found = f"'{err.char}'"
     else:
-        found = "this"
+        found = "input"
     message = f"syntax error: unexpected {found}."
     hint = ("Expected " + ", ".join(expected) + ".") if expected else ""
-    if found.strip("'") == "\t" or source.startswith("\t") and line and column == 1:
-        hint += " Recipe lines must follow a rule header; settings go inside a 'settings:' block."
+    if source[:1] in (" ", "\t") and "':'" in expected:
+        # an indented line read as a top-level statement: it follows no rule or settings block
+        hint += (
+            " This line is indented but follows no rule header: recipe lines go under an"
+            " 'outputs: inputs' line, settings under 'settings:'; other lines start at column 1."
+        )
     return BatchfileError(message, where=Location(path, line, column), hint=hint, detail=caret)
 
 

@@ -103,7 +103,7 @@ class Planner:
             (path, self.input_digest(path)) for path in target.inputs if path not in self.graph.targets or not self.graph.targets[path].phony
         )
         env = tuple((name, os.environ.get(name)) for name in target.attrs.env)
-        return Action(target.name, target.recipe or "", inputs, target.outputs, target.params, env, self.environment(target))
+        return Action(target.name, target.recipe or "", inputs, target.outputs, target.params, env, self.environment(target), variables=target.variables)
 
     def lookup(self, target: Target, key: str) -> ActionResult | None:
         """An action result whose blobs are all present, or None."""
