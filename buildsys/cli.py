@@ -100,6 +100,8 @@ def _run(args, *, dry_run: bool):
     finally:
         ctx.workspace.save()
         ui.end()
+        for warning in planner.warnings:
+            print(f"bb: warning: {warning}", file=sys.stderr)
     return ctx, roots, reports, time.time() - t0
 
 
@@ -107,16 +109,7 @@ def _bring_home(ctx, planner, sched, roots, ui):
     """Requested targets that came from the store appear in the workspace."""
     from .materialize import materialize
 
-    seen, stack = set(), list(roots)
-    while stack:
-        name = stack.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        target = ctx.graph.targets[name]
-        if target.phony and target.recipe is None:
-            stack.extend(ctx.graph.deps[name])
-            continue
+    for name in ctx.graph.behind_aliases(roots):
         result = planner.results.get(name)
         if result is not None and sched.reports[name].status == "cached":
             for path in materialize(ctx.store, ctx.workspace.stats, ctx.root, result.outputs):
@@ -125,7 +118,7 @@ def _bring_home(ctx, planner, sched, roots, ui):
 
 def _work(ctx, reports) -> dict:
     """Reports of targets that are work, leaving out aliases (rules without recipes)."""
-    return {n: r for n, r in reports.items() if not (ctx.graph.targets[n].phony and ctx.graph.targets[n].recipe is None)}
+    return {n: r for n, r in reports.items() if not ctx.graph.is_alias(n)}
 
 
 def _summary(reports, seconds) -> dict:

@@ -71,6 +71,24 @@ class Graph:
         """The target making `path`, directly or as part of a directory output."""
         return _maker(self.producer, self.dirs, path)
 
+    def is_alias(self, name: str) -> bool:
+        target = self.targets.get(name)
+        return target is not None and target.phony and target.recipe is None
+
+    def behind_aliases(self, names) -> list[str]:
+        """The targets `names` stand for, looking through aliases."""
+        out, stack, seen = [], list(names), set()
+        while stack:
+            name = stack.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            if self.is_alias(name):
+                stack.extend(self.deps[name])
+            else:
+                out.append(name)
+        return out
+
     def closure(self, roots) -> list[str]:
         """Targets needed for `roots`, dependencies before dependents."""
         order, state = [], {}
@@ -457,7 +475,13 @@ def build_graph(model: Batchfile, overrides: dict[str, str] | None = None, root:
         dep_names = []
         for i in inputs:
             maker = made_by(i.rstrip("/"))
-            if maker is not None and maker != name:
+            if maker == name:
+                raise BatchfileError(
+                    f"'{name}' lists its own output '{i}' as an input.",
+                    where=p.rule.location,
+                    hint="A recipe that updates a file in place needs the old version under another name.",
+                )
+            if maker is not None:
                 dep_names.append(maker)
             elif maker is None and not exists(i):
                 needers.setdefault(i, []).append(target)

@@ -12,8 +12,34 @@ import shutil
 import stat as statmod
 import time
 
-from .digest import FileDigest, StatCache, hash_bytes, tree_manifest
+from .errors import BBError
+from .digest import FileDigest, StatCache, hash_bytes, hash_file, tree_manifest
 from .store import OutputEntry, Store
+
+
+class UnsafePath(BBError):
+    """A stored result names a path outside the workspace."""
+
+    def __init__(self, path: str):
+        super().__init__(
+            f"a stored result names the path '{path}', which is outside the workspace; it was not written.",
+            hint="The store holds a corrupt or forged entry: run 'bb cache gc' or remove it, and check who writes to the store.",
+        )
+
+
+def safe_destination(root: str, rel: str) -> str:
+    """The workspace path for a stored output path, refusing any that would
+    land outside the workspace (absolute, '..', or through a symlink)."""
+    rel = rel.rstrip("/")
+    parts = rel.split("/")
+    if not rel or os.path.isabs(rel) or any(p in ("", ".", "..") for p in parts):
+        raise UnsafePath(rel)
+    full = os.path.join(root, rel)
+    real_root = os.path.realpath(root)
+    parent = os.path.realpath(os.path.dirname(full))
+    if parent != real_root and not parent.startswith(real_root + os.sep):
+        raise UnsafePath(rel)
+    return full
 
 
 class OutputMissing(Exception):
@@ -61,12 +87,25 @@ def read_manifest(store: Store, digest: str) -> dict[str, FileDigest]:
     return {rel: FileDigest(d, size, bool(x)) for rel, d, size, x in json.loads(store.read_bytes(digest))}
 
 
+class CorruptBlob(BBError):
+    def __init__(self, digest: str, path: str):
+        super().__init__(
+            f"the stored blob {digest[:16]} for '{path}' is corrupt (its bytes do not match its digest); "
+            "it was removed from the store and the workspace file was left as it was.",
+            hint="Run the build again: the target will be rebuilt.",
+        )
+
+
 def _place(store: Store, digest: str, dest: str, executable: bool) -> None:
+    """Copy a blob into the workspace, verifying its bytes on the way."""
     parent = os.path.dirname(dest) or "."
     os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".bb-tmp.{os.getpid()}.{time.monotonic_ns()}")
     try:
         store.fetch(digest, tmp)
+        if hash_file(tmp) != digest:
+            store.discard(digest)
+            raise CorruptBlob(digest, dest)
         os.chmod(tmp, 0o755 if executable else 0o644)
         if os.path.isdir(dest) and not os.path.islink(dest):
             shutil.rmtree(dest)
@@ -77,7 +116,7 @@ def _place(store: Store, digest: str, dest: str, executable: bool) -> None:
         raise
 
 
-def in_workspace(stats: StatCache, full: str, entry: OutputEntry, store: Store) -> bool:
+def in_workspace(stats: StatCache, full: str, entry: OutputEntry) -> bool:
     """Does the workspace already hold exactly this output?"""
     try:
         if entry.path.endswith("/"):
@@ -94,8 +133,8 @@ def materialize(store: Store, stats: StatCache, root: str, entries: tuple[Output
     """Make the workspace hold these outputs; returns the paths it changed."""
     changed = []
     for entry in entries:
-        full = os.path.join(root, entry.path.rstrip("/"))
-        if in_workspace(stats, full, entry, store):
+        full = safe_destination(root, entry.path)
+        if in_workspace(stats, full, entry):
             continue
         if entry.path.endswith("/"):
             files = read_manifest(store, entry.digest)
@@ -106,6 +145,7 @@ def materialize(store: Store, stats: StatCache, root: str, entries: tuple[Output
             for rel in present.keys() - files.keys():
                 os.unlink(os.path.join(full, rel))
             for rel, fd in files.items():
+                safe_destination(full, rel)
                 have = present.get(rel)
                 if have is None or have.digest != fd.digest or have.executable != fd.executable:
                     _place(store, fd.digest, os.path.join(full, rel), fd.executable)

@@ -98,17 +98,9 @@ def write(path: str, ctx, roots: list[str], reports: dict) -> None:
     for folder in graph.watched:
         dirs[full(folder)] = _sig(full(folder))
     # the requested outputs must still be in the workspace, unchanged
-    stack, seen = list(roots), set()
-    while stack:
-        name = stack.pop()
-        if name in seen:
-            continue
-        seen.add(name)
+    for name in graph.behind_aliases(roots):
         target = graph.targets[name]
-        if target.phony:
-            stack.extend(graph.deps[name])
-            continue
-        for out in target.outputs:
+        for out in target.outputs if not target.phony else ():
             p = full(out.rstrip("/"))
             if out.endswith("/"):
                 _walk(p, outputs, outputs)

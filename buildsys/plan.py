@@ -42,6 +42,7 @@ class Planner:
 
     def __post_init__(self):
         self.results: dict[str, ActionResult] = {}  # target -> the result its outputs came from
+        self.warnings: list[str] = []
         self._manifests: dict[str, dict] = {}
         self._environment: dict[str, tuple] = {}
 
@@ -99,9 +100,18 @@ class Planner:
 
     def action(self, target: Target) -> Action:
         """The target's action; raises Unknown while an upstream result is missing."""
-        inputs = tuple(
-            (path, self.input_digest(path)) for path in target.inputs if path not in self.graph.targets or not self.graph.targets[path].phony
-        )
+        inputs = []
+        for path in target.inputs:
+            other = self.graph.targets.get(path)
+            if other is None or not other.phony:
+                inputs.append((path, self.input_digest(path)))
+            elif other.recipe is None:
+                # an alias stands for its targets' outputs: they enter the key
+                for name in self.graph.behind_aliases([path]):
+                    t = self.graph.targets[name]
+                    if not t.phony:
+                        inputs.extend((out, self.input_digest(out)) for out in t.outputs)
+        inputs = tuple(dict.fromkeys(inputs))
         env = tuple((name, os.environ.get(name)) for name in target.attrs.env)
         return Action(target.name, target.recipe or "", inputs, target.outputs, target.params, env, self.environment(target), variables=target.variables)
 
@@ -110,9 +120,15 @@ class Planner:
         result = self.workspace.last_result(target.name, key)
         try:
             result = result or self.store.get_result(key)
-        except CorruptEntry:
+        except CorruptEntry as err:
+            self.warnings.append(f"ignored a corrupt store entry for '{target.name}' ({err}); rebuilding it")
             return None
         if result is None:
+            return None
+        # The key covers the output paths, so a true result names exactly the
+        # declared outputs; anything else (a path outside the workspace, say) is corrupt.
+        if tuple(o.path for o in result.outputs) != target.outputs:
+            self.warnings.append(f"ignored the stored result for '{target.name}': it names other outputs than the Batchfile declares")
             return None
         if not all(self.store.has_blob(o.digest) for o in result.outputs):
             return None

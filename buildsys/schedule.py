@@ -147,7 +147,7 @@ class Scheduler:
     def _bring_inputs(self, target: Target) -> None:
         """A recipe about to run reads its inputs from the workspace: make sure
         the outputs of cached upstream targets are there."""
-        for dep in self.graph.deps[target.name]:
+        for dep in self.graph.behind_aliases(self.graph.deps[target.name]):
             result = self.planner.results.get(dep)
             if result is not None and self.reports[dep].status == CACHED:
                 materialize(self.planner.store, self.planner.workspace.stats, self.planner.workspace.root, result.outputs)

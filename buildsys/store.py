@@ -77,6 +77,7 @@ class Store(Protocol):
     def put_bytes(self, data: bytes, digest: str) -> None: ...
     def read_bytes(self, digest: str) -> bytes: ...
     def fetch(self, digest: str, dest: str) -> None: ...
+    def discard(self, digest: str) -> None: ...
     def get_result(self, key: str) -> ActionResult | None: ...
     def put_result(self, result: ActionResult) -> None: ...
 
@@ -190,6 +191,10 @@ class LocalStore:
     def fetch(self, digest: str, dest: str) -> None:
         _clone(self.blob_path(digest), dest)
 
+    def discard(self, digest: str) -> None:
+        """Remove a blob found corrupt."""
+        self.remove(self.blob_path(digest))
+
     def get_result(self, key: str) -> ActionResult | None:
         try:
             with open(self.result_path(key), "rb") as f:
@@ -198,7 +203,7 @@ class LocalStore:
             return None
         try:
             result = ActionResult.from_bytes(data)
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError, AttributeError):
             raise CorruptEntry(f"action result {key[:12]} in {self.ac} is not valid JSON") from None
         if result.key != key:
             raise CorruptEntry(f"action result {key[:12]} in {self.ac} names another key")
