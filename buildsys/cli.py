@@ -61,8 +61,34 @@ def load_context(args, wanted=()) -> Context:
     model = load(path, os.path.join(root, STATE_DIR))
     graph = build_graph(model, getattr(args, "overrides", {}), root, wanted=wanted)
     store_dir = getattr(args, "store", None) or os.environ.get("BB_STORE") or graph.settings.store or STATE_DIR
-    store_dir = os.path.join(root, os.path.expanduser(store_dir))
-    return Context(root, path, graph, Workspace(root), LocalStore(store_dir), model.sources)
+    store = LocalStore(os.path.join(root, os.path.expanduser(store_dir)))
+    url = _cache_url(args, graph.settings)
+    if url:
+        store = _shared(store, url, args, graph.settings)
+    return Context(root, path, graph, Workspace(root), store, model.sources)
+
+
+def _cache_url(args, settings) -> str:
+    if getattr(args, "no_cache", False):
+        return ""
+    url = getattr(args, "cache", None) or os.environ.get("BB_CACHE") or settings.cache
+    if url and not url.startswith("s3://"):
+        raise UsageError(f"'{url}' is not a shared cache location.", hint="Write it as s3://bucket/prefix.")
+    return url
+
+
+def _shared(local, url: str, args, settings):
+    from .s3store import S3Store
+    from .tiered import TieredStore
+
+    read_only = (
+        getattr(args, "cache_read_only", False)
+        or os.environ.get("BB_CACHE_READ_ONLY", "") not in ("", "0", "false", "no")
+        or settings.cache_mode == "read-only"
+    )
+    remote = S3Store(url, endpoint=settings.endpoint, region=settings.region)
+    remote.check()
+    return TieredStore(local, remote, read_only=read_only)
 
 
 # ---- build / plan ---------------------------------------------------------------
@@ -88,10 +114,13 @@ def _run(args, *, dry_run: bool):
         executor = LocalExecutor()
     sched = Scheduler(planner, executor, ui, jobs=jobs, keep_going=args.keep_going, always=args.always_make, dry_run=dry_run, explain=args.verbose)
     t0 = time.time()
+    shared = getattr(ctx.store, "remote", None) is not None
     try:
         reports = sched.build(roots)
         if not dry_run:
             _bring_home(ctx, planner, sched, roots, ui)
+            if shared:
+                ctx.store.finish(planner.results)
     except KeyboardInterrupt:
         raise Interrupted(
             "interrupted. Running recipes were stopped; nothing unfinished was recorded.",
@@ -100,6 +129,9 @@ def _run(args, *, dry_run: bool):
     finally:
         ctx.workspace.save()
         ui.end()
+        if shared:
+            ctx.store.close()
+            args.cache_stats = ctx.store.stats()
         for warning in planner.warnings:
             print(f"bb: warning: {warning}", file=sys.stderr)
     return ctx, roots, reports, time.time() - t0
@@ -109,11 +141,21 @@ def _bring_home(ctx, planner, sched, roots, ui):
     """Requested targets that came from the store appear in the workspace."""
     from .materialize import materialize
 
+    from .store import CorruptEntry
+
+    broken = []
     for name in ctx.graph.behind_aliases(roots):
         result = planner.results.get(name)
         if result is not None and sched.reports[name].status == "cached":
-            for path in materialize(ctx.store, ctx.workspace.stats, ctx.root, result.outputs):
-                ui.note(f"restored {path} from the store")
+            try:
+                for path in materialize(ctx.store, ctx.workspace.stats, ctx.root, result.outputs):
+                    ui.note(f"restored {path} from the store")
+            except CorruptEntry as err:
+                planner.warnings.append(f"the stored output of '{name}' is unusable ({err}); rebuilt it")
+                broken.append(name)
+    if broken:  # their stored bytes are gone or wrong: they are misses after all
+        sched.force.update(broken)
+        sched.build(broken)
 
 
 def _work(ctx, reports) -> dict:
@@ -140,11 +182,16 @@ def _stamp(args) -> str:
 
 def _report(args, reports, seconds) -> None:
     summary = _summary(reports, seconds)
+    if getattr(args, "cache_stats", None):
+        summary["cache"] = args.cache_stats
     failed = [r for r in reports.values() if r.status == "failed"]
     if args.json:
         print(json.dumps({"targets": [r.to_json() for r in reports.values()], "summary": summary, "ok": not failed}, indent=2))
     if not args.quiet:
         parts = ", ".join(f"{n} {s}" for s, n in sorted(summary["counts"].items())) or "nothing to do"
+        cache = summary.get("cache")
+        if cache:
+            parts += f"; shared cache: {cache['hits']} hit(s), {cache['uploaded']} uploaded, {cache['requests']} request(s)"
         print(f"bb: {parts} in {seconds:.2f}s", file=sys.stderr)
 
 
@@ -340,6 +387,9 @@ def _common(default) -> argparse.ArgumentParser:
     common.add_argument("-C", "--directory", metavar="DIR", help="change to DIR before doing anything")
     common.add_argument("-f", "--file", metavar="FILE", help="read FILE as the Batchfile")
     common.add_argument("--store", metavar="DIR", help="local store folder (default: setting 'store', $BB_STORE, or .bb)")
+    common.add_argument("--cache", metavar="URL", help="shared cache, s3://bucket/prefix (default: setting 'cache' or $BB_CACHE)")
+    common.add_argument("--no-cache", action="store_true", help="use only the local store")
+    common.add_argument("--cache-read-only", action="store_true", help="read the shared cache but never write to it ($BB_CACHE_READ_ONLY=1)")
     return common
 
 

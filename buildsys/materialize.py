@@ -14,7 +14,7 @@ import time
 
 from .errors import BBError
 from .digest import FileDigest, StatCache, hash_bytes, hash_file, tree_manifest
-from .store import OutputEntry, Store
+from .store import CorruptEntry, OutputEntry, Store
 
 
 class UnsafePath(BBError):
@@ -87,13 +87,9 @@ def read_manifest(store: Store, digest: str) -> dict[str, FileDigest]:
     return {rel: FileDigest(d, size, bool(x)) for rel, d, size, x in json.loads(store.read_bytes(digest))}
 
 
-class CorruptBlob(BBError):
+class CorruptBlob(BBError, CorruptEntry):
     def __init__(self, digest: str, path: str):
-        super().__init__(
-            f"the stored blob {digest[:16]} for '{path}' is corrupt (its bytes do not match its digest); "
-            "it was removed from the store and the workspace file was left as it was.",
-            hint="Run the build again: the target will be rebuilt.",
-        )
+        super().__init__(f"stored blob {digest[:12]} for '{os.path.relpath(path)}' does not match its digest; removed it from the store")
 
 
 def _place(store: Store, digest: str, dest: str, executable: bool) -> None:
@@ -144,6 +140,7 @@ def materialize(store: Store, stats: StatCache, root: str, entries: tuple[Output
             present = stats.tree(full)
             for rel in present.keys() - files.keys():
                 os.unlink(os.path.join(full, rel))
+            store.fetch_many(fd.digest for rel, fd in files.items() if present.get(rel) is None or present[rel].digest != fd.digest)
             for rel, fd in files.items():
                 safe_destination(full, rel)
                 have = present.get(rel)

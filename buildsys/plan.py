@@ -6,10 +6,12 @@ rebuilt target that produces the same bytes does not rebuild its dependents.
 """
 from __future__ import annotations
 
+import json
 import os
+import re
 from dataclasses import dataclass
 
-from .action import Action, diff
+from .action import SCHEMA, Action, diff
 from .errors import BBError
 from .graph import Graph, Target
 from .materialize import read_manifest
@@ -20,6 +22,18 @@ from .digest import hash_bytes, tree_manifest
 # What a recipe sees besides the variables it declares. None of these enter a
 # key: they say where a recipe runs, not what it computes.
 PASSTHROUGH = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "TMPDIR", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "VIRTUAL_ENV", "CONDA_PREFIX")
+
+
+SECRET = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|PRIVATE|_KEY$|^AWS_ACCESS_KEY_ID$", re.I)
+
+
+def _env_value(name: str) -> str | None:
+    """A declared variable's value as it enters the key. Values of names that
+    look secret enter as a digest, so they never sit in a store in clear."""
+    value = os.environ.get(name)
+    if value is not None and SECRET.search(name):
+        return "blake3:" + hash_bytes(value.encode())
+    return value
 
 
 class Unknown(Exception):
@@ -112,27 +126,34 @@ class Planner:
                     if not t.phony:
                         inputs.extend((out, self.input_digest(out)) for out in t.outputs)
         inputs = tuple(dict.fromkeys(inputs))
-        env = tuple((name, os.environ.get(name)) for name in target.attrs.env)
+        env = tuple((name, _env_value(name)) for name in target.attrs.env)
         return Action(target.name, target.recipe or "", inputs, target.outputs, target.params, env, self.environment(target), variables=target.variables)
 
     def lookup(self, target: Target, key: str) -> ActionResult | None:
         """An action result whose blobs are all present, or None."""
+        # The workspace's index answers most no-op lookups without a store read.
         result = self.workspace.last_result(target.name, key)
+        if result is not None and all(self.store.has_blob(o.digest) for o in result.outputs) and self._declares(target, result):
+            return result
         try:
-            result = result or self.store.get_result(key)
+            result = self.store.get_result(key)
         except CorruptEntry as err:
             self.warnings.append(f"ignored a corrupt store entry for '{target.name}' ({err}); rebuilding it")
             return None
         if result is None:
             return None
-        # The key covers the output paths, so a true result names exactly the
-        # declared outputs; anything else (a path outside the workspace, say) is corrupt.
-        if tuple(o.path for o in result.outputs) != target.outputs:
+        if not self._declares(target, result):
             self.warnings.append(f"ignored the stored result for '{target.name}': it names other outputs than the Batchfile declares")
             return None
         if not all(self.store.has_blob(o.digest) for o in result.outputs):
             return None
         return result
+
+    @staticmethod
+    def _declares(target: Target, result: ActionResult) -> bool:
+        # The key covers the output paths, so a true result names exactly the
+        # declared outputs; anything else (a path outside the workspace, say) is corrupt.
+        return tuple(o.path for o in result.outputs) == target.outputs
 
     def recipe_env(self, target: Target) -> dict:
         env = {k: v for k, v in os.environ.items() if k in PASSTHROUGH or k.startswith("LC_")}
@@ -140,6 +161,23 @@ class Planner:
             if name in os.environ:
                 env[name] = os.environ[name]
         return env
+
+    def bundle_name(self, order: list[str]) -> str:
+        """A digest of everything the plan's keys depend on except upstream
+        outputs: whoever has the same Batchfile and source files gets the same
+        name, and so the same bundle of results from the shared cache."""
+        parts = []
+        for name in order:
+            t = self.graph.targets[name]
+            sources = []
+            for path in t.inputs:
+                if path in self.graph.targets or self.graph.producer_of(path.rstrip("/")) is not None:
+                    sources.append([path, ""])
+                else:
+                    sources.append([path, self.input_digest(path)])
+            env = [[n, _env_value(n)] for n in t.attrs.env]
+            parts.append([name, t.recipe or "", list(t.outputs), sources, list(t.params), env, list(self.environment(t))])
+        return hash_bytes(json.dumps([SCHEMA, parts], separators=(",", ":")).encode())
 
     # -- explanations -----------------------------------------------------------------
 

@@ -18,7 +18,13 @@ from .graph import Target
 from .materialize import OutputMissing, capture, materialize, remove_outputs
 from .plan import Planner, Unknown
 from .report import BUILT, CACHED, FAILED, SKIPPED, WOULD_RUN, TargetReport
-from .store import ActionResult
+from .store import ActionResult, CorruptEntry
+
+class _Repair(Exception):
+    def __init__(self, dep: str, reason: str):
+        super().__init__(dep)
+        self.dep, self.reason = dep, reason
+
 
 class Scheduler:
     def __init__(self, planner: Planner, executor: Executor, ui, *, jobs: int, keep_going=False, always=False, dry_run=False, explain=False):
@@ -32,6 +38,7 @@ class Scheduler:
         self.dry_run = dry_run
         self.explain = explain or dry_run
         self.reports: dict[str, TargetReport] = {}
+        self.force: set[str] = set()  # targets whose stored result proved unusable: run them
 
     # -- the main loop ---------------------------------------------------------------
 
@@ -55,13 +62,36 @@ class Scheduler:
                     ready.append(d)
 
         pool = None
+        shared = getattr(self.planner.store, "remote", None) is not None
+        if shared:
+            self.planner.store.load_bundle(self.planner.bundle_name(order))
         try:
             while ready or running:
+                if shared and not self.always:
+                    self._prefetch(ready)
                 deferred = deque()
                 while ready and not stopping:
                     name = ready.popleft()
                     target = self.graph.targets[name]
-                    outcome = self._resolve(target)
+                    try:
+                        outcome = self._resolve(target)
+                    except _Repair as repair:
+                        # A cached input's stored bytes are gone or wrong: that
+                        # target is a miss after all. Run it, then come back.
+                        dep = repair.dep
+                        self.planner.warnings.append(f"the stored output of '{dep}' is unusable ({repair.reason}); rebuilt it")
+                        if dep in self.reports:
+                            del self.reports[dep]
+                            self.planner.results.pop(dep, None)
+                            self.force.add(dep)
+                            for d in dependents[dep]:
+                                if d not in self.reports and d != name:
+                                    if d in ready:
+                                        ready.remove(d)
+                                    waiting[d] += 1
+                            ready.appendleft(dep)
+                        waiting[name] = 1
+                        continue
                     if isinstance(outcome, TargetReport):
                         self._finish(outcome)
                         release(name)
@@ -109,6 +139,19 @@ class Scheduler:
                 self.reports[name] = TargetReport(name, SKIPPED, error="not started: an earlier target failed")
         return self.reports
 
+    def _prefetch(self, names) -> None:
+        """Ask the shared store about every ready target at once."""
+        keys = []
+        for name in names:
+            target = self.graph.targets[name]
+            if target.phony:
+                continue
+            try:
+                keys.append(self.planner.action(target).key())
+            except Unknown:
+                continue
+        self.planner.store.prefetch(keys)
+
     def _finish(self, report: TargetReport) -> None:
         self.reports[report.name] = report
         self.ui.finish(report)
@@ -132,7 +175,7 @@ class Scheduler:
             made = f"'{u.path}'" if u.path.rstrip("/") == u.maker else f"'{u.path}' (made by '{u.maker}')"
             return TargetReport(name, WOULD_RUN, reasons=[f"input {made} will be rebuilt first; if its bytes come out unchanged, this target is not run"], waiting_on=u.maker)
         key = action.key()
-        if not self.always and not target.phony:
+        if not self.always and not target.phony and name not in self.force:
             result = self.planner.lookup(target, key)
             if result is not None:
                 self.planner.results[name] = result
@@ -150,7 +193,10 @@ class Scheduler:
         for dep in self.graph.behind_aliases(self.graph.deps[target.name]):
             result = self.planner.results.get(dep)
             if result is not None and self.reports[dep].status == CACHED:
-                materialize(self.planner.store, self.planner.workspace.stats, self.planner.workspace.root, result.outputs)
+                try:
+                    materialize(self.planner.store, self.planner.workspace.stats, self.planner.workspace.root, result.outputs)
+                except CorruptEntry as err:
+                    raise _Repair(dep, str(err)) from None
 
     # -- one target, on a worker thread ----------------------------------------------
 

@@ -27,12 +27,19 @@ def _names(value, where, name):
 
 def _cache_url(value, where, name):
     value = _string(value, where, name)
-    if value and not re.match(r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?|file://.+|[^:]+)$", value):
+    if value and not re.match(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$", value):
         raise BatchfileError(
-            f"setting '{name}': '{value}' is not a cache location.",
+            f"setting '{name}': '{value}' is not a shared cache location.",
             where=where,
-            hint="Use s3://bucket/prefix, or a local folder.",
+            hint="Write it as s3://bucket/prefix (bucket names are lowercase letters, digits, '.' and '-').",
         )
+    return value
+
+
+def _cache_mode(value, where, name):
+    value = _string(value, where, name)
+    if value not in ("read-write", "read-only"):
+        raise BatchfileError(f"setting '{name}': '{value}' is not a cache mode.", where=where, hint="Use read-write or read-only.")
     return value
 
 
@@ -54,6 +61,8 @@ def _positive_int(value, where, name):
 KNOWN = {
     "store": (_string, "local store folder (default .bb)"),
     "cache": (_cache_url, "shared cache, such as s3://bucket/prefix"),
+    "cache_mode": (_cache_mode, "read-write (default) or read-only: use the shared cache but never write to it"),
+    "endpoint": (_string, "S3-compatible endpoint URL (else AWS_ENDPOINT_URL or AWS itself)"),
     "image": (_string, "default container image for remote work"),
     "requirements": (_string, "requirements or lock file; its digest enters every key"),
     "registry": (_string, "container registry to push the image to"),
@@ -69,6 +78,8 @@ KNOWN = {
 class Settings:
     store: str = ""
     cache: str = ""
+    cache_mode: str = "read-write"
+    endpoint: str = ""
     image: str = ""
     requirements: str = ""
     registry: str = ""

@@ -28,7 +28,7 @@ class PlainUI:
         print(text, file=self.stream, flush=True)
 
     def begin(self, total: int) -> None:
-        self.total = total
+        self.total = self.done + total
 
     def start(self, name: str) -> None:
         if not self.quiet:

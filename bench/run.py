@@ -1,0 +1,795 @@
+#!/usr/bin/env python3
+"""Benchmark bb against GNU make and doit.
+
+    python bench/run.py                 # the full suite (~15 min on 2 cores)
+    python bench/run.py --quick         # N <= 1000, 400 MB of hashing (< 2 min)
+    python bench/run.py --workdir bench/work --workdir /dev/shm/bb-bench
+
+Prints a table per section and writes bench/RESULTS.md (and the raw numbers
+to <first workdir>/results.json). See bench/README.md for what is measured.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+import gen  # noqa: E402
+
+BIN = os.path.dirname(sys.executable)
+TOOLS = ("make", "doit", "bb", "bb-for")  # bb-for: the fan-out written with @for (the chain has one style)
+
+
+# ---- running a command -----------------------------------------------------------
+
+
+class Run:
+    """One timed command: wall seconds, peak RSS of the process tree (KiB), exit code, output."""
+
+    def __init__(self, seconds, maxrss_kb, rc, output, timed_out=False):
+        self.seconds, self.maxrss_kb, self.rc, self.output, self.timed_out = seconds, maxrss_kb, rc, output, timed_out
+
+
+def bench_env() -> dict:
+    """The environment every measured command sees: bytecode may be written
+    (PYTHONDONTWRITEBYTECODE would make bb recompile itself on every start)."""
+    env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env.pop("BB_STORE", None)
+    env["LC_ALL"] = "C"  # the same glob order and messages for every tool
+    return env
+
+
+ENV = bench_env()
+
+
+def run(cmd: list[str], cwd: str, log: str, timeout: float | None = None) -> Run:
+    """time.perf_counter around the process; os.wait4 gives the peak RSS of the
+    process and of the children it waited for (the recipes), not of earlier runs."""
+    with open(log, "wb") as out:
+        out.write(("$ " + " ".join(cmd) + "\n").encode())
+        out.flush()
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=cwd, env=ENV, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        fired, reaped = threading.Event(), threading.Event()
+        timer = None
+        if timeout:
+            def stop():
+                fired.set()
+                _signal_group(proc.pid, signal.SIGINT)  # bb and doit save their state on ^C
+                if not reaped.wait(20):
+                    _signal_group(proc.pid, signal.SIGKILL)
+
+            timer = threading.Timer(timeout, stop)
+            timer.daemon = True
+            timer.start()
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - t0
+        reaped.set()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if timer is not None:
+            timer.cancel()
+    with open(log, "rb") as f:
+        output = f.read().decode("utf-8", "replace")
+    return Run(seconds, usage.ru_maxrss, proc.returncode, output, fired.is_set())
+
+
+def _signal_group(pgid: int, sig) -> None:
+    try:
+        os.killpg(pgid, sig)  # the group of the one process this script started
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def tool_cmd(tool: str, jobs: int, extra=()) -> list[str]:
+    if tool == "make":
+        return ["make", f"-j{jobs}", *extra]
+    if tool == "doit":
+        cmd = [os.path.join(BIN, "doit")]
+        if ARGS.doit_backend:
+            cmd.append(f"--backend={ARGS.doit_backend}")
+        return cmd + (["-n", str(jobs)] if jobs > 1 else []) + list(extra)
+    return [os.path.join(BIN, "bb"), "build", "-j", str(jobs), *extra]
+
+
+def tasks_ran(tool: str, output: str) -> int | None:
+    """How many recipes ran, read from the tool's own output."""
+    if tool == "make":
+        return sum(1 for line in output.splitlines() if line.startswith("cat "))
+    if tool == "doit":
+        return sum(1 for line in output.splitlines() if line.startswith(". "))
+    m = re.search(r"(\d+) built", output)
+    if m:
+        return int(m.group(1))
+    return 0 if re.search(r"bb: .*(cached|nothing to do)", output) else None
+
+
+def clean(folder: str, tool: str) -> None:
+    for sub in ("out",):
+        path = os.path.join(folder, sub)
+        for name in os.listdir(path):
+            os.unlink(os.path.join(path, name))
+    for name in ("final.txt",):
+        if os.path.exists(os.path.join(folder, name)):
+            os.unlink(os.path.join(folder, name))
+    if tool.startswith("bb"):
+        shutil.rmtree(os.path.join(folder, ".bb"), ignore_errors=True)
+    if tool == "doit":
+        for name in os.listdir(folder):
+            if name.startswith(".doit.db"):
+                os.unlink(os.path.join(folder, name))
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return "<missing>"
+
+
+# ---- pipelines ---------------------------------------------------------------------
+
+
+class Pipeline:
+    """One shape and size, one folder per tool, and what its final output must hold."""
+
+    def __init__(self, root: str, shape: str, n: int, tools: list[str]):
+        self.shape, self.n = shape, n
+        self.root = os.path.join(root, f"{shape}-{n}")
+        self.tools = [t for t in tools if not (t == "bb-for" and shape == "chain")]
+        self.src = "v0"
+        self.leaf = "v0"  # tail.txt (chain) or in/LEAF.txt (fan-out)
+        self.leaf_index = max(1, n // 2)
+        self.jobs = 1 if shape == "chain" else ARGS.jobs
+
+    def folder(self, tool: str) -> str:
+        return os.path.join(self.root, tool)
+
+    def generate(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+        for tool in self.tools:
+            style = "for" if tool == "bb-for" else "plain"
+            gen.generate(self.folder(tool), "bb" if tool.startswith("bb") else tool, self.shape, self.n, style)
+        os.makedirs(os.path.join(self.root, "logs"), exist_ok=True)
+
+    def expected(self) -> str:
+        src = f"source {self.src}\n"
+        if self.shape == "chain":
+            return src + f"tail {self.leaf}\n"
+        lines = []
+        for i in sorted(range(1, self.n + 1), key=lambda i: f"out/t{i}.txt"):
+            v = self.leaf if i == self.leaf_index else "v0"
+            lines.append(src + f"leaf {i} {v}\n")
+        return "".join(lines)
+
+    def check(self, tool: str) -> bool:
+        return _read(os.path.join(self.folder(tool), gen.final_output(self.shape, self.n))) == self.expected()
+
+    def set_src(self, tool: str, version: str) -> None:
+        _write(os.path.join(self.folder(tool), "src.txt"), f"source {version}\n")
+
+    def set_leaf(self, tool: str, version: str) -> None:
+        if self.shape == "chain":
+            _write(os.path.join(self.folder(tool), "tail.txt"), f"tail {version}\n")
+        else:
+            _write(os.path.join(self.folder(tool), "in", f"{self.leaf_index}.txt"), f"leaf {self.leaf_index} {version}\n")
+
+    def touch_src(self, tool: str) -> None:
+        os.utime(os.path.join(self.folder(tool), "src.txt"))
+
+
+def recover_bb(p: Pipeline, tool: str) -> None:
+    """After a timed-out bb build, reach the built state without the slow path:
+    build the targets in batches of a few hundred (untimed), then the rest."""
+    folder = p.folder(tool)
+    log = os.path.join(p.root, "logs", f"{tool}-recover.log")
+    names = [f"out/t{i}.txt" for i in range(1, p.n + 1)]
+    for i in range(0, len(names), 250):
+        run(tool_cmd(tool, p.jobs, ["-q", *names[i : i + 250]]), folder, log)
+    run(tool_cmd(tool, p.jobs, ["-q"]), folder, log)
+
+
+def measure_pipeline(p: Pipeline, results: list, where: str) -> None:
+    p.generate()
+    state = {t: "ok" for t in p.tools}  # "ok" or why later scenarios are skipped
+    big = p.n > ARGS.extras_max_n
+
+    def one(scenario: str, tool: str, *, prepare=None, expect_ran=None, repeat: int = 1, heavy=False):
+        row = {"where": where, "section": "pipeline", "shape": p.shape, "n": p.n, "scenario": scenario, "tool": tool, "jobs": p.jobs}
+        if heavy and state[tool] != "ok":
+            row.update(skipped=state[tool])
+            results.append(row)
+            print(f"  {scenario:<22} {tool:<7} skipped: {state[tool]}", flush=True)
+            return
+        samples, rss, ran, ok, timed_out = [], [], None, True, False
+        for k in range(repeat):
+            if prepare:
+                prepare(tool)
+            r = run(tool_cmd(tool, p.jobs), p.folder(tool), os.path.join(p.root, "logs", f"{tool}-{scenario.replace(' ', '_')}-{k}.log"), ARGS.timeout)
+            samples.append(r.seconds)
+            rss.append(r.maxrss_kb)
+            ran = tasks_ran(tool.split("-")[0], r.output) if ran is None else ran
+            if r.timed_out:
+                timed_out = True
+                break
+            if r.rc != 0 or not p.check(tool):
+                ok = False
+                row["error"] = f"exit {r.rc}; final output {'ok' if p.check(tool) else 'WRONG'}; " + " | ".join(r.output.strip().splitlines()[-3:])[:300]
+                break
+        row.update(seconds=statistics.median(samples), samples=[round(s, 4) for s in samples], maxrss_kb=max(rss), ran=ran, ok=ok)
+        if expect_ran is not None:
+            row["expected_ran"] = expect_ran
+        if timed_out:
+            row.update(timed_out=True, ok=False, seconds=None)
+            state[tool] = f"'{scenario}' did not finish in {ARGS.timeout:g}s"
+            if tool.startswith("bb"):
+                recover_bb(p, tool)
+                row["note"] = "timed out; state recovered by building in batches of 250 (untimed)"
+            else:
+                run(tool_cmd(tool, p.jobs), p.folder(tool), os.path.join(p.root, "logs", f"{tool}-recover.log"))
+        results.append(row)
+        shown = "TIMEOUT" if timed_out else f"{row['seconds']:.3f}s"
+        print(f"  {scenario:<22} {tool:<7} {shown:>10}  ran {ran!s:>6}  {max(rss) / 1024:6.1f} MiB" + ("" if ok or timed_out else f"  ERROR {row.get('error')}"), flush=True)
+
+    n_all = p.n + (1 if p.shape == "fanout" else 0)
+    n_leaf = 1 if p.shape == "chain" else 2
+    print(f"\n{p.shape} N={p.n} (-j{p.jobs}) in {p.root}", flush=True)
+    for tool in p.tools:
+        clean(p.folder(tool), tool)
+    for tool in p.tools:
+        one("full build", tool, expect_ran=n_all, heavy=True)
+    for tool in p.tools:
+        one("no-op (1st)", tool, expect_ran=0)
+    for tool in p.tools:
+        one("no-op", tool, expect_ran=0, repeat=ARGS.repeat)
+    p.leaf = "v1"
+    for tool in p.tools:
+        one("leaf change", tool, prepare=lambda t: p.set_leaf(t, "v1"), expect_ran=n_leaf)
+    if not big:
+        for tool in p.tools:
+            one("touch source", tool, prepare=p.touch_src, expect_ran=None)
+    p.src = "v1"
+    for tool in p.tools:
+        one("source change", tool, prepare=lambda t: p.set_src(t, "v1"), expect_ran=n_all, heavy=True)
+    if not big:
+        p.src = "v0"
+        for tool in p.tools:
+            one("revert source", tool, prepare=lambda t: p.set_src(t, "v0"), expect_ran=None)
+
+
+# ---- planning a big graph ------------------------------------------------------------
+
+
+def measure_plan(root: str, results: list, where: str) -> None:
+    n = ARGS.plan_n
+    forms = ["for"] + (["plain"] if ARGS.plan_plain else [])
+    print(f"\nplan: fan-out of {n} targets + a join ({', '.join(forms)})", flush=True)
+    for form in forms:
+        folder = os.path.join(root, "plan", form)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.makedirs(os.path.join(folder, "out"))
+        _write(os.path.join(folder, "src.txt"), "source v0\n")
+        _write(os.path.join(folder, "Batchfile"), gen.batchfile("fanout", n, form, leaf_inputs=False))
+        size = os.path.getsize(os.path.join(folder, "Batchfile"))
+        for attempt in ("fresh (no parse cache)", "second run"):
+            if attempt.startswith("fresh"):
+                shutil.rmtree(os.path.join(folder, ".bb"), ignore_errors=True)
+            r = run([os.path.join(BIN, "bb"), "plan"], folder, os.path.join(root, "plan", f"{form}-{attempt.split()[0]}.log"), ARGS.plan_timeout)
+            m = re.search(r"bb: (\d+) to run", r.output)
+            row = {"where": where, "section": "plan", "form": form, "n": n, "batchfile_bytes": size, "scenario": attempt,
+                   "seconds": None if r.timed_out else r.seconds, "maxrss_kb": r.maxrss_kb, "ok": r.rc == 0 and not r.timed_out,
+                   "to_run": int(m.group(1)) if m else None}
+            if r.rc != 0:
+                row["error"] = " | ".join(r.output.strip().splitlines()[-3:])[:300]
+            results.append(row)
+            shown = "TIMEOUT" if r.timed_out else f"{r.seconds:.2f}s"
+            print(f"  {form:<6} {attempt:<24} {shown:>9}  {r.maxrss_kb / 1024:7.1f} MiB  to run: {row['to_run']}", flush=True)
+        if not ARGS.keep:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+# ---- hashing big inputs ------------------------------------------------------------------
+
+
+def measure_hash(root: str, results: list, where: str) -> None:
+    total = int(ARGS.hash_gb * (1 << 30))
+    files = ARGS.hash_files
+    each = total // files
+    folder = os.path.join(root, "hash")
+    data = os.path.join(folder, "data")
+    names = [f"data/f{i}.bin" for i in range(1, files + 1)]
+    print(f"\nhashing: {files} files of {each / (1 << 20):.0f} MiB in {folder}", flush=True)
+    os.makedirs(data, exist_ok=True)
+    fresh = False
+    for name in names:
+        path = os.path.join(folder, name)
+        if os.path.exists(path) and os.path.getsize(path) == each:
+            continue
+        fresh = True
+        chunk = 1 << 24
+        with open(path, "wb") as f:
+            left = each
+            while left:
+                f.write(os.urandom(min(chunk, left)))
+                left -= min(chunk, left)
+    for name in os.listdir(data):
+        if f"data/{name}" not in names:
+            os.unlink(os.path.join(data, name))
+    if fresh:
+        time.sleep(2.5)  # bb's stat cache does not trust files modified in the last 2 s
+    _write(os.path.join(folder, "Batchfile"), "# generated by bench/run.py\ndigest.txt: " + " ".join(names) + "\n    ls -l $^ > $@\n")
+    logs = os.path.join(folder, "logs")
+    os.makedirs(logs, exist_ok=True)
+
+    def row(scenario, tool, r: Run, samples=None, ok=True):
+        rec = {"where": where, "section": "hash", "scenario": scenario, "tool": tool, "bytes": each * files,
+               "seconds": r.seconds if samples is None else statistics.median(samples), "maxrss_kb": r.maxrss_kb, "ok": ok and r.rc == 0}
+        if samples:
+            rec["samples"] = [round(s, 4) for s in samples]
+        if r.rc != 0:
+            rec["error"] = " | ".join(r.output.strip().splitlines()[-3:])[:300]
+        results.append(rec)
+        gbs = each * files / rec["seconds"] / 1e9
+        print(f"  {scenario:<34} {tool:<22} {rec['seconds']:8.3f}s  {gbs:6.2f} GB/s  {r.maxrss_kb / 1024:7.1f} MiB", flush=True)
+
+    paths = [os.path.join(folder, n) for n in names]
+    row("read every byte (warms page cache)", "cat > /dev/null", run(["sh", "-c", 'cat "$@" > /dev/null', "sh", *paths], folder, os.path.join(logs, "cat.log")))
+    bb = [os.path.join(BIN, "bb"), "build", "-j", "1"]
+    shutil.rmtree(os.path.join(folder, ".bb"), ignore_errors=True)
+    if os.path.exists(os.path.join(folder, "digest.txt")):
+        os.unlink(os.path.join(folder, "digest.txt"))
+    r = run(bb, folder, os.path.join(logs, "bb-first.log"))
+    row("bb build, first run (hash all)", "bb", r, ok=tasks_ran("bb", r.output) == 1)
+    samples, last = [], None
+    for k in range(ARGS.repeat):
+        last = run(bb, folder, os.path.join(logs, f"bb-noop-{k}.log"))
+        samples.append(last.seconds)
+    row(f"bb no-op (median of {ARGS.repeat})", "bb", last, samples, ok=tasks_ran("bb", last.output) == 0)
+    os.utime(paths[0])
+    time.sleep(0.01)
+    r = run(bb, folder, os.path.join(logs, "bb-touch.log"))
+    row("bb after touching 1 input (same bytes)", "bb", r, ok=tasks_ran("bb", r.output) == 0)
+    py = [sys.executable, "-c", HASH_SNIPPET]
+    row("blake3, 1 thread, mmap (as bb)", "python blake3", run(py + ["1", *paths], folder, os.path.join(logs, "b3-1.log")))
+    row("blake3, all cores, mmap", "python blake3 AUTO", run(py + ["auto", *paths], folder, os.path.join(logs, "b3-auto.log")))
+    row("blake3, 1 thread, 4 MiB reads", "python blake3 read()", run(py + ["read", *paths], folder, os.path.join(logs, "b3-read.log")))
+    row("sha256sum (reference)", "sha256sum", run(["sha256sum", *paths], folder, os.path.join(logs, "sha256sum.log")))
+    if not ARGS.keep:
+        shutil.rmtree(data, ignore_errors=True)
+
+
+HASH_SNIPPET = r"""
+import sys
+from blake3 import blake3
+mode, paths = sys.argv[1], sys.argv[2:]
+for p in paths:
+    if mode == "read":
+        h = blake3()
+        with open(p, "rb") as f:
+            while chunk := f.read(1 << 22):
+                h.update(chunk)
+    else:
+        h = blake3(max_threads=blake3.AUTO if mode == "auto" else 1)
+        h.update_mmap(p)
+    print(h.hexdigest(), p)
+"""
+
+
+# ---- the machine ---------------------------------------------------------------------------
+
+
+def _out(cmd, cwd=None) -> str:
+    try:
+        return subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=60).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+
+
+def code_state() -> str:
+    """git HEAD, and a digest of buildsys/ as it is on disk (others may be editing it)."""
+    h = hashlib.sha256()
+    pkg = os.path.join(REPO, "buildsys")
+    for dirpath, dirnames, filenames in os.walk(pkg):
+        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+        for name in sorted(filenames):
+            if name.endswith((".py", ".lark")):
+                with open(os.path.join(dirpath, name), "rb") as f:
+                    h.update(name.encode() + f.read())
+    head = _out(["git", "rev-parse", "--short", "HEAD"], REPO)
+    dirty = _out(["git", "status", "--porcelain", "--", "buildsys", "grammar"], REPO)
+    return f"{head}{' + uncommitted changes' if dirty else ''} (buildsys sha256 {h.hexdigest()[:12]})"
+
+
+def machine(workdirs: list[str]) -> dict:
+    mem = "?"
+    try:
+        with open("/proc/meminfo") as f:
+            kb = int(next(l for l in f if l.startswith("MemTotal")).split()[1])
+        mem = f"{kb / (1 << 20):.1f} GiB"
+    except (OSError, StopIteration):
+        pass
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "?")
+    except OSError:
+        pass
+    disks = {}
+    for w in workdirs:
+        line = _out(["df", "-hT", w]).splitlines()[-1:]
+        disks[w] = line[0] if line else "?"
+    try:
+        import dbm
+
+        doit_db = "dbm: " + next(m for m in ("dbm.gnu", "dbm.ndbm", "dbm.dumb") if _importable(m))
+    except StopIteration:
+        doit_db = "?"
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "kernel": platform.release(),
+        "cpu": cpu,
+        "nproc": os.cpu_count(),
+        "memory": mem,
+        "disks": disks,
+        "python": platform.python_version(),
+        "bb": _out([os.path.join(BIN, "bb"), "--version"]),
+        "bb_code": code_state(),
+        "make": _out(["make", "--version"]).splitlines()[0] if shutil.which("make") else "missing",
+        "doit": _out([os.path.join(BIN, "doit"), "--version"]).splitlines()[0] if os.path.exists(os.path.join(BIN, "doit")) else "missing",
+        "doit_backend": ARGS.doit_backend or doit_db,
+        "sha256sum": _out(["sha256sum", "--version"]).splitlines()[0],
+        "loadavg_start": " ".join(open("/proc/loadavg").read().split()[:3]),
+    }
+
+
+def _importable(mod: str) -> bool:
+    import importlib
+
+    try:
+        importlib.import_module(mod)
+        return True
+    except ImportError:
+        return False
+
+
+def prepare() -> None:
+    """Compile bb's modules once (as pip does for an installed package), and run
+    each tool once on a tiny pipeline so no first-import costs land in a measurement."""
+    pkg = _out([sys.executable, "-c", "import buildsys, os; print(os.path.dirname(buildsys.__file__))"])
+    subprocess.run([sys.executable, "-m", "compileall", "-q", pkg], env=ENV, check=False)
+    warm = os.path.join(ARGS.workdirs[0], "warmup")
+    for tool in ("make", "doit", "bb", "bb-for"):
+        folder = os.path.join(warm, tool)
+        shutil.rmtree(folder, ignore_errors=True)
+        gen.generate(folder, "bb" if tool.startswith("bb") else tool, "fanout", 10, "for" if tool == "bb-for" else "plain")
+        for _ in range(2):
+            r = run(tool_cmd(tool, 2), folder, os.path.join(warm, f"{tool}.log"))
+            if r.rc != 0:
+                sys.exit(f"run.py: {tool} fails on a 10-task pipeline:\n{r.output}")
+    shutil.rmtree(warm, ignore_errors=True)
+
+
+# ---- the report -----------------------------------------------------------------------------------
+
+
+def _fmt_s(x) -> str:
+    if x is None:
+        return "—"
+    return f"{x * 1000:.0f} ms" if x < 1 else f"{x:.2f} s"
+
+
+def _ratio(a, b) -> str:
+    if a is None or b is None or not b:
+        return "—"
+    return f"{a / b:.2f}x" if a / b < 100 else f"{a / b:.0f}x"
+
+
+def _cell(row) -> str:
+    if row is None:
+        return "—"
+    if row.get("skipped"):
+        return "skipped"
+    if row.get("timed_out"):
+        return f"> {ARGS_TIMEOUT[0]:g} s (timeout)"
+    text = _fmt_s(row["seconds"])
+    if not row.get("ok", True):
+        text += " FAILED"
+    return text
+
+
+ARGS_TIMEOUT = [0.0]
+
+
+def pipeline_table(rows: list, where: str) -> list[str]:
+    rows = [r for r in rows if r["section"] == "pipeline" and r["where"] == where]
+    out = [
+        "| shape | N | -j | scenario | make | doit | bb | bb @for | bb/make | bb/doit | @for/make | @for/doit | recipes run make/doit/bb/@for | peak RSS MiB make/doit/bb/@for |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    keys = list(dict.fromkeys((r["shape"], r["n"], r["scenario"]) for r in rows))
+    for shape, n, scenario in keys:
+        by = {r["tool"]: r for r in rows if (r["shape"], r["n"], r["scenario"]) == (shape, n, scenario)}
+
+        def sec(t):
+            r = by.get(t)
+            return None if r is None or r.get("skipped") or r.get("timed_out") or not r.get("ok", True) else r["seconds"]
+
+        ran = "/".join("—" if by.get(t) is None or by[t].get("ran") is None else str(by[t]["ran"]) for t in TOOLS)
+        rss = "/".join("—" if by.get(t) is None or "maxrss_kb" not in by[t] else f"{by[t]['maxrss_kb'] / 1024:.0f}" for t in TOOLS)
+        jobs = next(iter(by.values()))["jobs"]
+        label = scenario + (f" (median of {len(by['bb'].get('samples', []))})" if scenario == "no-op" and "bb" in by and by["bb"].get("samples") else "")
+        out.append(
+            f"| {shape} | {n} | {jobs} | {label} | {_cell(by.get('make'))} | {_cell(by.get('doit'))} | {_cell(by.get('bb'))} | {_cell(by.get('bb-for'))} "
+            f"| {_ratio(sec('bb'), sec('make'))} | {_ratio(sec('bb'), sec('doit'))} | {_ratio(sec('bb-for'), sec('make'))} | {_ratio(sec('bb-for'), sec('doit'))} | {ran} | {rss} |"
+        )
+    return out
+
+
+def per_task_table(rows: list, where: str) -> list[str]:
+    rows = [r for r in rows if r["section"] == "pipeline" and r["where"] == where]
+    out = ["| shape | N | tool | full build / N | (full build − no-op) / N | vs make |", "|---|---:|---|---:|---:|---:|"]
+    for shape, n in dict.fromkeys((r["shape"], r["n"]) for r in rows):
+        per = {}
+        for tool in TOOLS:
+            full = next((r for r in rows if (r["shape"], r["n"], r["scenario"], r["tool"]) == (shape, n, "full build", tool)), None)
+            noop = next((r for r in rows if (r["shape"], r["n"], r["scenario"], r["tool"]) == (shape, n, "no-op", tool)), None)
+            if full is None:
+                continue
+            if full.get("timed_out") or full.get("skipped") or not full.get("ok"):
+                out.append(f"| {shape} | {n} | {tool} | {_cell(full)} | — | — |")
+                continue
+            tasks = n + (1 if shape == "fanout" else 0)
+            per[tool] = full["seconds"] / tasks
+            net = (full["seconds"] - (noop["seconds"] if noop and noop.get("ok") else 0)) / tasks
+            out.append(f"| {shape} | {n} | {tool} | {per[tool] * 1000:.2f} ms | {net * 1000:.2f} ms | {_ratio(per[tool], per.get('make'))} |")
+    return out
+
+
+def targets_section(rows: list, where: str) -> list[str]:
+    def get(**kw):
+        return next((r for r in rows if r["where"] == where and all(r.get(k) == v for k, v in kw.items())), None)
+
+    out = []
+    bb, mk, dt = (get(section="pipeline", shape="chain", n=1000, scenario="no-op", tool=t) for t in ("bb", "make", "doit"))
+    if bb and mk and dt and bb.get("ok") and mk.get("ok") and dt.get("ok"):
+        r1, r2 = bb["seconds"] / mk["seconds"], bb["seconds"] / dt["seconds"]
+        out.append(f"| no-op, 1000-task chain: bb within 12x make | bb {_fmt_s(bb['seconds'])}, make {_fmt_s(mk['seconds'])}: **{r1:.1f}x** | {'reached' if r1 <= 12 else 'NOT reached'} |")
+        out.append(f"| no-op, 1000-task chain: bb under half of doit | bb {_fmt_s(bb['seconds'])}, doit {_fmt_s(dt['seconds'])}: **{r2:.2f}x** | {'reached' if r2 < 0.5 else 'NOT reached'} |")
+        first = get(section="pipeline", shape="chain", n=1000, scenario="no-op (1st)", tool="bb")
+        if first and first.get("ok"):
+            out.append(f"| (the same, first no-op right after the build) | bb {_fmt_s(first['seconds'])}: {first['seconds'] / mk['seconds']:.1f}x make, {first['seconds'] / dt['seconds']:.2f}x doit | (informative) |")
+    for shape, n in (("chain", 1000), ("chain", 10000), ("fanout", 1000), ("fanout", 10000)):
+        fb, fm = (get(section="pipeline", shape=shape, n=n, scenario="full build", tool=t) for t in ("bb", "make"))
+        if fb and fm and fm.get("ok"):
+            if fb.get("ok"):
+                r = fb["seconds"] / fm["seconds"]
+                verdict = "reached" if r <= 1.3 else "NOT reached"
+                out.append(f"| full build, per task, {shape} N={n} (-j{fb['jobs']}): bb within 1.3x make | bb {fb['seconds'] / n * 1000:.2f} ms, make {fm['seconds'] / n * 1000:.2f} ms per task: **{r:.2f}x** | {verdict} |")
+            else:
+                out.append(f"| full build, per task, {shape} N={n} (-j{fb['jobs']}): bb within 1.3x make | bb {_cell(fb)}, make {_fmt_s(fm['seconds'])} | NOT reached |")
+    for r in rows:
+        if r["where"] == where and r["section"] == "plan":
+            if r.get("seconds") is None:
+                out.append(f"| plan {r['n']} targets ({r['form']}, {r['scenario']}): under 10 s and 1 GiB | timeout | NOT reached |")
+                continue
+            ok = r["seconds"] < 10 and r["maxrss_kb"] < (1 << 20) and r.get("ok")
+            out.append(f"| plan {r['n']} targets ({'@for' if r['form'] == 'for' else 'one rule each'}, {r['scenario']}): under 10 s and 1 GiB | {r['seconds']:.2f} s, {r['maxrss_kb'] / 1024:.0f} MiB | {'reached' if ok else 'NOT reached'} |")
+    if not out:
+        return []
+    return ["| target | measured | verdict |", "|---|---|---|", *out]
+
+
+def plan_table(rows, where):
+    rows = [r for r in rows if r["section"] == "plan" and r["where"] == where]
+    out = ["| form | targets | Batchfile size | run | time | peak RSS | targets to run |", "|---|---:|---:|---|---:|---:|---:|"]
+    for r in rows:
+        form = "`@for i in 1..N`" if r["form"] == "for" else "one rule per target"
+        t = "timeout" if r.get("seconds") is None else f"{r['seconds']:.2f} s"
+        out.append(f"| {form} | {r['n']} | {r['batchfile_bytes'] / 1e6:.2f} MB | {r['scenario']} | {t}{'' if r.get('ok') else ' FAILED'} | {r['maxrss_kb'] / 1024:.0f} MiB | {r.get('to_run')} |")
+    return out
+
+
+def hash_table(rows, where):
+    rows = [r for r in rows if r["section"] == "hash" and r["where"] == where]
+    if not rows:
+        return []
+    out = [f"{rows[0]['bytes'] / (1 << 30):.2f} GiB in {ARGS.hash_files} files.", "",
+           "| what | tool | time | throughput | peak RSS |", "|---|---|---:|---:|---:|"]
+    for r in rows:
+        out.append(f"| {r['scenario']} | {r['tool']} | {_fmt_s(r['seconds'])}{'' if r.get('ok') else ' FAILED'} | {r['bytes'] / r['seconds'] / 1e9:.2f} GB/s | {r['maxrss_kb'] / 1024:.0f} MiB |")
+    return out
+
+
+NOTES = """\
+- **Bytecode.** The environment here sets `PYTHONDONTWRITEBYTECODE=1`, with
+  which every bb start would recompile bb's modules. The benchmark unsets it
+  for every command it measures and runs `python -m compileall -q` over
+  `buildsys/` first, so bb (and doit) start as an installed package does.
+  Every tool also runs once on a 10-task pipeline before anything is timed.
+- **Direct entry points.** `bb` and `doit` are run from the interpreter's
+  `bin/` folder (`{bin}`), not through pyenv shims, which add ~90 ms per start.
+- **Peak RSS** is `ru_maxrss` from `os.wait4` on the tool's process: the
+  maximum of the tool and the children it waited for (the recipe shells), so a
+  tool's figure is never below a `sh` + `cat`.
+- **doit's database.** doit's default backend is Python's `dbm`; this Python
+  has no gdbm/ndbm, so doit uses `{doit_db}` (slower than gdbm on big graphs).
+  doit is run with its defaults otherwise: `doit` (-j1) or `doit -n 2`
+  (multiprocessing), md5 `file_dep` checks.
+- **bb's fast no-op path and the 2-second rule.** bb trusts a file's stat only
+  once its mtime is 2 s old (git's racy-clean rule), both in its stat cache
+  and in the no-op stamp. The first no-op right after a build therefore takes
+  bb's full path (parse cache, keys, lookups) and writes the stamp; later
+  no-ops answer from `stat()` calls alone. Both are reported ("no-op (1st)"
+  and the median of the later ones). make and doit have no such effect.
+- **What reruns.** "leaf change" reruns 1 recipe in the chain (the last task
+  reads `tail.txt`) and 2 in the fan-out (task k and the join). "touch source"
+  changes src.txt's mtime, not its bytes: make reruns everything, doit (md5)
+  and bb (content digests) rerun nothing. "revert source" puts src.txt's
+  first bytes back after a change: make and doit rerun everything, bb finds
+  every result in its store (it restores only the requested output to the
+  workspace; intermediate files stay as the last run left them, as documented).
+  The "recipes run" column is read from each tool's own output.
+- **Timeouts.** A build that takes longer than {timeout:g} s is stopped (SIGINT,
+  then SIGKILL), reported as a timeout, and its folder is brought to the built
+  state untimed (bb: in batches of 250 targets) so the later scenarios can run;
+  scenarios that rerun every task are then skipped for that tool.
+- **Page cache.** Hashing reads files that are in the page cache (they were
+  just written, and `cat` reads them once first): the figures are CPU-bound
+  hashing, not disk throughput.
+- **Shared machine.** The load average was {load_start} at the start and
+  {load_end} at the end. Other work on the machine (tests, editors) adds noise,
+  mostly to the sub-100 ms no-op figures.
+- **bb under development.** bb is installed editable from this checkout and
+  was measured as it was on disk: {code_start} at the start,
+  {code_end} at the end.
+"""
+
+
+def write_report(meta: dict, rows: list, path: str, command: str) -> str:
+    ARGS_TIMEOUT[0] = ARGS.timeout or 0
+    lines = ["# bb benchmark results", "", f"Generated by `{command}` on {meta['date']}.", "See `bench/README.md` for what each scenario does.", "", "## Machine", ""]
+    lines += [
+        f"- CPU: {meta['cpu']}, nproc = {meta['nproc']}; memory {meta['memory']}; kernel {meta['kernel']}",
+        *[f"- work folder `{w}`: `{d}`" for w, d in meta["disks"].items()],
+        f"- Python {meta['python']}; {meta['bb']} ({meta['bb_code']})",
+        f"- {meta['make']}; doit {meta['doit']} (backend {meta['doit_backend']}); {meta['sha256sum']}",
+        f"- pipelines: chain at -j1 for every tool, fan-out at -j{ARGS.jobs} for every tool; no-op median of {ARGS.repeat}",
+        "",
+    ]
+    for where in meta["disks"]:
+        if len(meta["disks"]) > 1:
+            lines += [f"## Work folder `{where}`", ""]
+        h = "###" if len(meta["disks"]) > 1 else "##"
+        t = targets_section(rows, where)
+        if t:
+            lines += [f"{h} Targets", "", *t, ""]
+        if any(r["section"] == "pipeline" and r["where"] == where for r in rows):
+            lines += [f"{h} Pipelines", "", "Times are wall-clock (median for no-op); ratios are bb's time over the other tool's (below 1: bb is faster). "
+                      "`bb` is the Batchfile with one rule per task; `bb @for` is the fan-out written with `@for i in 1..N` (the chain has one form).", "",
+                      *pipeline_table(rows, where), "", f"{h}# Full build, per task", "", *per_task_table(rows, where), ""]
+        if any(r["section"] == "plan" and r["where"] == where for r in rows):
+            lines += [f"{h} Planning a {ARGS.plan_n}-target graph (`bb plan`)", "", *plan_table(rows, where), ""]
+        if any(r["section"] == "hash" and r["where"] == where for r in rows):
+            lines += [f"{h} Hashing big inputs", "", *hash_table(rows, where), ""]
+    lines += ["## Notes", "", NOTES.format(bin=BIN, doit_db=meta["doit_backend"], timeout=ARGS.timeout or 0, load_start=meta["loadavg_start"],
+                                           load_end=meta.get("loadavg_end", "?"), code_start=meta["bb_code"], code_end=meta.get("bb_code_end", "?"))]
+    text = "\n".join(lines)
+    with open(path, "w") as f:
+        f.write(text)
+    return text
+
+
+# ---- main -------------------------------------------------------------------------------------------
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="Benchmark bb against GNU make and doit; writes bench/RESULTS.md.")
+    p.add_argument("--quick", action="store_true", help="N up to 1000, 0.4 GB of hashing, a 100k @for plan only (under 2 minutes)")
+    p.add_argument("--workdir", dest="workdirs", action="append", metavar="DIR",
+                   help="scratch folder (repeat to run the suite in several, e.g. bench/work and /dev/shm/bb-bench); default bench/work")
+    p.add_argument("--sizes", help="comma-separated N (default 100,1000,10000; --quick 100,1000)")
+    p.add_argument("--shapes", default="chain,fanout", help="comma-separated: chain, fanout")
+    p.add_argument("--tools", default=",".join(TOOLS), help=f"comma-separated subset of {','.join(TOOLS)}")
+    p.add_argument("-j", "--jobs", type=int, default=2, help="-j for the fan-out, for every tool (the chain runs at -j1)")
+    p.add_argument("--repeat", type=int, default=5, help="no-op repetitions (median)")
+    p.add_argument("--timeout", type=float, help="seconds before a pipeline build is stopped (default 120; --quick 300)")
+    p.add_argument("--extras-max-n", type=int, help="run 'touch source' and 'revert source' up to this N (default: all)")
+    p.add_argument("--plan-n", type=int, default=100_000, help="targets in the planning benchmark")
+    p.add_argument("--no-plan-plain", dest="plan_plain", action="store_false", help="skip the one-rule-per-target form of the plan benchmark")
+    p.add_argument("--plan-timeout", type=float, default=600)
+    p.add_argument("--hash-gb", type=float, help="GiB of input for the hashing benchmark (default 4; --quick 0.4)")
+    p.add_argument("--hash-files", type=int, default=4)
+    p.add_argument("--skip", default="", help="comma-separated sections to skip: pipelines, plan, hash")
+    p.add_argument("--doit-backend", help="doit --backend (default: doit's own default, dbm)")
+    p.add_argument("--keep", action="store_true", help="keep the big plan and hashing folders afterwards")
+    p.add_argument("--results", default=os.path.join(HERE, "RESULTS.md"), help="where to write the report")
+    p.add_argument("--report-only", metavar="JSON", help="rewrite the report from a results.json of an earlier run")
+    a = p.parse_args(argv)
+    a.workdirs = [os.path.abspath(w) for w in (a.workdirs or [os.path.join(HERE, "work")])]
+    a.sizes = [int(s) for s in (a.sizes or ("100,1000" if a.quick else "100,1000,10000")).split(",")]
+    a.shapes = [s for s in a.shapes.split(",") if s]
+    a.tools = [t for t in TOOLS if t in a.tools.split(",")]
+    a.timeout = a.timeout if a.timeout is not None else (300 if a.quick else 120)
+    a.extras_max_n = a.extras_max_n if a.extras_max_n is not None else 10**9
+    a.hash_gb = a.hash_gb if a.hash_gb is not None else (0.4 if a.quick else 4)
+    if a.quick:
+        a.plan_plain = False
+    a.skip = {s for s in a.skip.split(",") if s}
+    return a
+
+
+ARGS = parse_args([])
+
+
+def main(argv=None) -> int:
+    global ARGS
+    ARGS = parse_args(argv)
+    command = "python bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    if ARGS.report_only:
+        with open(ARGS.report_only) as f:
+            saved = json.load(f)
+        for k, v in saved["args"].items():
+            if k not in ("results", "report_only"):
+                setattr(ARGS, k, v)
+        print(write_report(saved["machine"], saved["rows"], ARGS.results, saved["command"]))
+        return 0
+    for w in ARGS.workdirs:
+        os.makedirs(w, exist_ok=True)
+    meta = machine(ARGS.workdirs)
+    print(f"bench: {meta['bb']} ({meta['bb_code']}), {meta['make']}, doit {meta['doit']}, Python {meta['python']}, nproc {meta['nproc']}", flush=True)
+    prepare()
+    rows: list = []
+    started = time.time()
+    json_path = os.path.join(ARGS.workdirs[0], "results.json")
+
+    def save():
+        meta["loadavg_end"] = " ".join(open("/proc/loadavg").read().split()[:3])
+        meta["bb_code_end"] = code_state()
+        meta["elapsed_s"] = round(time.time() - started, 1)
+        with open(json_path, "w") as f:
+            json.dump({"command": command, "machine": meta, "args": {k: v for k, v in vars(ARGS).items() if k != "skip"}, "rows": rows}, f, indent=1)
+
+    for where in ARGS.workdirs:
+        print(f"\n=== work folder {where} ===", flush=True)
+        if "pipelines" not in ARGS.skip:
+            for n in ARGS.sizes:
+                for shape in ARGS.shapes:
+                    measure_pipeline(Pipeline(where, shape, n, ARGS.tools), rows, where)
+                    save()
+        if "plan" not in ARGS.skip and "bb" in ARGS.tools:
+            measure_plan(where, rows, where)
+            save()
+        if "hash" not in ARGS.skip and "bb" in ARGS.tools:
+            measure_hash(where, rows, where)
+            save()
+    save()
+    text = write_report(meta, rows, ARGS.results, command)
+    print("\n" + text)
+    print(f"\nbench: done in {time.time() - started:.0f} s; wrote {ARGS.results} and {json_path}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

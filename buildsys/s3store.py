@@ -1,0 +1,248 @@
+"""The shared store in S3 (or any S3-compatible endpoint), same layout as the
+local one:
+
+    s3://bucket/prefix/cas/<d[:2]>/<digest>     blobs
+    s3://bucket/prefix/ac/<k[:2]>/<key>         action results
+    s3://bucket/prefix/bundles/<plan digest>    many results in one object
+
+boto3 is configured as a user would: the standard credential chain and
+profiles (AWS_PROFILE), the region, and AWS_ENDPOINT_URL for S3-compatible
+endpoints (MinIO, LocalStack, moto), or the `endpoint` setting. Throttling
+(503 SlowDown) and dropped connections are retried by botocore with
+backoff. boto3 is imported only when a shared cache is in use.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from dataclasses import dataclass
+
+from .digest import blake3
+from .errors import BBError
+from .store import ActionResult, CorruptEntry
+
+SMALL = 8 << 20  # below this a blob moves in one request; above, multipart
+
+
+class S3Error(BBError):
+    """The shared cache cannot be used as configured."""
+
+
+@dataclass(frozen=True)
+class CacheURL:
+    bucket: str
+    prefix: str
+
+    @classmethod
+    def parse(cls, url: str) -> "CacheURL":
+        m = re.fullmatch(r"s3://([^/]+)/?(.*)", url)
+        if not m:
+            raise S3Error(f"'{url}' is not an S3 location.", hint="Write the cache as s3://bucket/prefix.")
+        return cls(m.group(1), m.group(2).strip("/"))
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+
+
+def _explain(err: Exception, url: CacheURL, doing: str) -> S3Error:
+    """One paragraph for what a user can fix."""
+    from botocore.exceptions import (
+        ClientError,
+        ConnectTimeoutError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        PartialCredentialsError,
+        ProfileNotFound,
+        ReadTimeoutError,
+    )
+
+    where = f"the shared cache {url}"
+    if isinstance(err, (NoCredentialsError, PartialCredentialsError)):
+        return S3Error(
+            f"no AWS credentials were found for {where} while {doing}.",
+            hint="Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run 'aws configure'; or build without the cache (--no-cache).",
+        )
+    if isinstance(err, ProfileNotFound):
+        return S3Error(f"the AWS profile named by AWS_PROFILE does not exist ({err}).", hint="Check ~/.aws/config.")
+    if isinstance(err, (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError)):
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "the AWS S3 endpoint"
+        return S3Error(
+            f"cannot reach {endpoint} for {where} while {doing} ({err}).",
+            hint="Check the network and AWS_ENDPOINT_URL; or build without the cache (--no-cache).",
+        )
+    if isinstance(err, ClientError):
+        code = err.response.get("Error", {}).get("Code", "")
+        status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code == "NoSuchBucket":
+            return S3Error(f"the bucket '{url.bucket}' of {where} does not exist.", hint="Check the 'cache' setting, $BB_CACHE or --cache, and the region.")
+        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken", "AuthorizationHeaderMalformed"):
+            return S3Error(
+                f"AWS rejected the credentials for {where} while {doing} ({code}).",
+                hint="Check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or the profile; refresh expired session tokens.",
+            )
+        if code in ("AccessDenied", "AllAccessDisabled", "Forbidden") or status == 403:
+            return S3Error(
+                f"access to {where} was denied while {doing}.",
+                hint="Ask for s3:GetObject/s3:ListBucket (and s3:PutObject to share results) on the bucket, or use the cache read-only (--cache-read-only).",
+            )
+        return S3Error(f"{where} answered {code or status} while {doing}: {err}.")
+    return S3Error(f"{where} failed while {doing}: {type(err).__name__}: {err}.")
+
+
+class S3Store:
+    """The remote tier. Every method that moves bytes verifies digests."""
+
+    def __init__(self, url: str, *, endpoint: str = "", region: str = ""):
+        import boto3
+        from botocore.config import Config
+
+        self.url = CacheURL.parse(url)
+        self.requests = 0
+        self.bytes_down = 0
+        self.bytes_up = 0
+        self._lock = threading.Lock()
+        session = boto3.session.Session()
+        config = Config(
+            retries={"max_attempts": 8, "mode": "adaptive"},
+            max_pool_connections=64,
+            connect_timeout=5,
+            read_timeout=60,
+        )
+        self.client = session.client("s3", region_name=region or None, endpoint_url=endpoint or None, config=config)
+        self.client.meta.events.register("before-send.s3", self._count)
+
+    def _count(self, **_kw):
+        with self._lock:
+            self.requests += 1
+
+    def _key(self, *parts: str) -> str:
+        return "/".join(p for p in (self.url.prefix, *parts) if p)
+
+    def blob_key(self, digest: str) -> str:
+        return self._key("cas", digest[:2], digest)
+
+    def result_key(self, key: str) -> str:
+        return self._key("ac", key[:2], key)
+
+    def _call(self, doing: str, fn, **kw):
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return fn(Bucket=self.url.bucket, **kw)
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+                raise KeyError(kw.get("Key")) from None
+            raise _explain(err, self.url, doing) from None
+        except BotoCoreError as err:
+            raise _explain(err, self.url, doing) from None
+
+    # -- checks ----------------------------------------------------------------------
+
+    def check(self) -> None:
+        """Fail early, with one clear paragraph, when the cache cannot be used."""
+        try:
+            self._call("checking the bucket", self.client.head_bucket)
+        except KeyError:
+            raise S3Error(f"the bucket '{self.url.bucket}' of the shared cache {self.url} does not exist.", hint="Check the 'cache' setting, $BB_CACHE or --cache.") from None
+
+    # -- action results --------------------------------------------------------------------
+
+    def get_result(self, key: str) -> ActionResult | None:
+        try:
+            body = self._call("reading an action result", self.client.get_object, Key=self.result_key(key))["Body"].read()
+        except KeyError:
+            return None
+        try:
+            result = ActionResult.from_bytes(body)
+        except (ValueError, TypeError, KeyError, AttributeError):
+            raise CorruptEntry(f"action result {key[:12]} in {self.url} is not valid") from None
+        if result.key != key:
+            raise CorruptEntry(f"action result {key[:12]} in {self.url} names another key")
+        return result
+
+    def put_result(self, result: ActionResult) -> None:
+        data = result.to_bytes()
+        self._call("uploading an action result", self.client.put_object, Key=self.result_key(result.key), Body=data)
+        self.bytes_up += len(data)
+
+    def get_bundle(self, name: str) -> dict:
+        """key -> result JSON, or {} when there is no such bundle."""
+        try:
+            body = self._call("reading a result bundle", self.client.get_object, Key=self._key("bundles", name))["Body"].read()
+            data = json.loads(body)
+            return data if isinstance(data, dict) else {}
+        except KeyError:
+            return {}
+        except ValueError:
+            return {}
+
+    def put_bundle(self, name: str, results: dict) -> None:
+        data = json.dumps(results, separators=(",", ":")).encode()
+        self._call("uploading a result bundle", self.client.put_object, Key=self._key("bundles", name), Body=data)
+
+    # -- blobs -----------------------------------------------------------------------------
+
+    def has_blob(self, digest: str) -> bool:
+        try:
+            self._call("checking a blob", self.client.head_object, Key=self.blob_key(digest))
+            return True
+        except KeyError:
+            return False
+
+    def upload_blob(self, path: str, digest: str, force: bool = False) -> bool:
+        """Upload unless present (force: replace a copy found corrupt); True if bytes were sent."""
+        if not force and self.has_blob(digest):
+            return False
+        size = os.path.getsize(path)
+        if size < SMALL:
+            with open(path, "rb") as f:
+                self._call("uploading a blob", self.client.put_object, Key=self.blob_key(digest), Body=f.read())
+        else:
+            from boto3.s3.transfer import TransferConfig
+
+            try:
+                self.client.upload_file(path, self.url.bucket, self.blob_key(digest), Config=TransferConfig(multipart_threshold=SMALL, multipart_chunksize=SMALL, max_concurrency=8))
+            except Exception as err:  # boto3's transfer wraps errors in its own types
+                raise _explain(getattr(err, "last_exception", None) or err, self.url, "uploading a blob") from None
+        with self._lock:
+            self.bytes_up += size
+        return True
+
+    def download_blob(self, digest: str, dest: str) -> None:
+        """Download to `dest`, verifying the digest; a mismatch raises CorruptEntry."""
+        h = blake3()
+        try:
+            obj = self._call("downloading a blob", self.client.get_object, Key=self.blob_key(digest))
+            size = 0
+            with open(dest, "wb") as f:
+                for chunk in obj["Body"].iter_chunks(1 << 20):
+                    f.write(chunk)
+                    h.update(chunk)
+                    size += len(chunk)
+        except KeyError:
+            raise CorruptEntry(f"blob {digest[:12]} is missing from {self.url}") from None
+        with self._lock:
+            self.bytes_down += size
+        if h.hexdigest() != digest:
+            os.unlink(dest)
+            raise CorruptEntry(f"blob {digest[:12]} in {self.url} does not match its digest")
+
+    # -- listing and removal (cache ls, stats, gc) ---------------------------------------
+
+    def list(self, kind: str):
+        """(name, size, last modified epoch) of every object under cas/ or ac/."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.url.bucket, Prefix=self._key(kind) + "/"):
+                for obj in page.get("Contents", ()):
+                    yield obj["Key"].rsplit("/", 1)[-1], obj["Size"], obj["LastModified"].timestamp()
+        except Exception as err:
+            raise _explain(err, self.url, f"listing {kind}/") from None
+
+    def delete(self, kind: str, names: list[str]) -> None:
+        keys = [self._key(kind, n[:2], n) for n in names]
+        for i in range(0, len(keys), 1000):
+            chunk = [{"Key": k} for k in keys[i : i + 1000]]
+            self._call("deleting objects", self.client.delete_objects, Delete={"Objects": chunk, "Quiet": True})

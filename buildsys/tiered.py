@@ -1,0 +1,214 @@
+"""The local store in front of a shared one (S3).
+
+Reads: the local store first, then the shared one; a shared hit fills the
+local store as its blobs are downloaded (each verified, each downloaded
+once). Writes: always local; unless read-only, each new result is uploaded in
+the background, blobs first and the action result last, so a shared result
+never names a blob that is not there. Results for a whole plan also travel as
+one bundle object, so planning a cached graph costs one request, not one per
+target.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from .materialize import read_manifest
+from .s3store import S3Store
+from .store import ActionResult, CorruptEntry, LocalStore
+
+TRANSFER_THREADS = 16
+
+
+class TieredStore:
+    def __init__(self, local: LocalStore, remote: S3Store, *, read_only: bool = False):
+        self.local = local
+        self.remote = remote
+        self.read_only = read_only
+        self.root = local.root
+        self.remote_hits = 0
+        self.uploaded_results = 0
+        self._remote_results: dict[str, ActionResult | None] = {}
+        self._named: set[str] = set()  # blobs that remote results name
+        self._bundle: dict[str, dict] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=TRANSFER_THREADS, thread_name_prefix="bb-s3")
+        self._uploads = []
+        self._errors: list[BaseException] = []
+        self._bad: set[str] = set()  # digests whose shared copy is missing or corrupt
+
+    # -- results --------------------------------------------------------------------
+
+    def load_bundle(self, name: str) -> None:
+        self._bundle_name = name
+        self._bundle = self.remote.get_bundle(name)
+
+    def _from_remote(self, key: str) -> ActionResult | None:
+        if key in self._remote_results:
+            return self._remote_results[key]
+        raw = self._bundle.get(key)
+        result = None
+        if raw is not None:
+            try:
+                result = ActionResult.from_json(raw)
+                if result.key != key:
+                    result = None
+            except (KeyError, TypeError, AttributeError, ValueError):
+                result = None
+        if result is None:
+            result = self.remote.get_result(key)
+        self._remote_results[key] = result
+        if result is not None:
+            self._named.update(o.digest for o in result.outputs)
+        return result
+
+    def prefetch(self, keys) -> None:
+        """Ask the shared store for several results at once."""
+        missing = [k for k in keys if k not in self._remote_results and k not in self._bundle and not os.path.exists(self.local.result_path(k))]
+        if len(missing) > 1:
+            list(self._pool.map(self._quiet_fetch, missing))
+
+    def _quiet_fetch(self, key: str) -> None:
+        try:
+            self._from_remote(key)
+        except CorruptEntry:
+            self._remote_results[key] = None
+
+    def get_result(self, key: str) -> ActionResult | None:
+        result = self.local.get_result(key)
+        if result is not None:
+            return result
+        result = self._from_remote(key)
+        if result is not None:
+            self.remote_hits += 1
+        return result
+
+    def put_result(self, result: ActionResult) -> None:
+        self.local.put_result(result)
+        if not self.read_only:
+            self._uploads.append(self._pool.submit(self._upload, result))
+
+    # -- blobs ------------------------------------------------------------------------
+
+    def has_blob(self, digest: str) -> bool:
+        # A shared result is trusted to name blobs that exist (they are written
+        # first); the bytes are verified when they are downloaded.
+        return self.local.has_blob(digest) or digest in self._named
+
+    def _ensure_local(self, digest: str) -> None:
+        if self.local.has_blob(digest):
+            return
+        with self._guard:
+            lock = self._locks.setdefault(digest, threading.Lock())
+        with lock:  # one download per blob, however many targets want it
+            if self.local.has_blob(digest):
+                return
+            tmp = self.local.blob_path(digest) + f".tmp.{os.getpid()}.{threading.get_ident()}"
+            os.makedirs(os.path.dirname(tmp), exist_ok=True)
+            try:
+                try:
+                    self.remote.download_blob(digest, tmp)
+                except CorruptEntry:
+                    self._bad.add(digest)  # replace it when this digest is uploaded next
+                    raise
+                os.chmod(tmp, 0o444)
+                os.replace(tmp, self.local.blob_path(digest))
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+
+    def fetch(self, digest: str, dest: str) -> None:
+        self._ensure_local(digest)
+        self.local.fetch(digest, dest)
+
+    def fetch_many(self, digests) -> None:
+        """Download blobs concurrently (materializing a tree, pulling outputs)."""
+        todo = [d for d in dict.fromkeys(digests) if not self.local.has_blob(d)]
+        for future in [self._pool.submit(self._ensure_local, d) for d in todo]:
+            future.result()
+
+    def read_bytes(self, digest: str) -> bytes:
+        self._ensure_local(digest)
+        return self.local.read_bytes(digest)
+
+    def put_file(self, path: str, digest: str) -> None:
+        self.local.put_file(path, digest)
+
+    def put_bytes(self, data: bytes, digest: str) -> None:
+        self.local.put_bytes(data, digest)
+
+    def discard(self, digest: str) -> None:
+        self.local.discard(digest)
+
+    # -- uploads ------------------------------------------------------------------------
+
+    def blobs_of(self, result: ActionResult) -> list[str]:
+        digests = [result.log] if result.log else []
+        for out in result.outputs:
+            digests.append(out.digest)
+            if out.path.endswith("/"):
+                digests.extend(fd.digest for fd in read_manifest(self.local, out.digest).values())
+        return digests
+
+    def _upload(self, result: ActionResult) -> None:
+        try:
+            for digest in dict.fromkeys(self.blobs_of(result)):
+                self.remote.upload_blob(self.local.blob_path(digest), digest, force=digest in self._bad)
+            self.remote.put_result(result)  # last: it names the blobs above
+            with self._guard:
+                self.uploaded_results += 1
+        except BaseException as err:
+            self._errors.append(err)
+
+    def push(self, results) -> None:
+        """Upload these results (and their blobs) now, concurrently."""
+        futures = [self._pool.submit(self._upload, r) for r in results]
+        for f in futures:
+            f.result()
+        self._raise_upload_errors()
+
+    def _raise_upload_errors(self) -> None:
+        if self._errors:
+            err = self._errors[0]
+            self._errors = []
+            raise err
+
+    def finish(self, results: dict[str, ActionResult]) -> None:
+        """Wait for uploads; share the plan's bundle; keep shared hits locally
+        when their blobs are here."""
+        for future in self._uploads:
+            future.result()
+        self._uploads = []
+        self._raise_upload_errors()
+        for result in results.values():
+            if result.key in self._remote_results and all(self.local.has_blob(d) for d in self.blobs_of_local(result)):
+                if result.log:
+                    self._ensure_local(result.log)
+                self.local.put_result(result)
+        name = getattr(self, "_bundle_name", None)
+        if name and not self.read_only and results:
+            bundle = {r.key: r.to_json() for r in results.values()}
+            if bundle.keys() != self._bundle.keys():
+                self.remote.put_bundle(name, bundle)
+
+    def blobs_of_local(self, result: ActionResult) -> list[str]:
+        """Blobs of a result, reading tree manifests only if they are local."""
+        digests = [o.digest for o in result.outputs]
+        for out in result.outputs:
+            if out.path.endswith("/") and self.local.has_blob(out.digest):
+                digests.extend(fd.digest for fd in read_manifest(self.local, out.digest).values())
+        return digests
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def stats(self) -> dict:
+        return {
+            "requests": self.remote.requests,
+            "bytes_down": self.remote.bytes_down,
+            "bytes_up": self.remote.bytes_up,
+            "hits": self.remote_hits,
+            "uploaded": self.uploaded_results,
+        }

@@ -1,0 +1,166 @@
+"""The shared team cache in S3, end to end: `bb` against moto_server."""
+from __future__ import annotations
+
+import json
+
+from conftest import Project, statuses
+
+PIPELINE = """
+    @default
+    all: out/report.txt model/
+
+    out/clean.txt: data/raw.txt
+        echo clean >> $$HOME/runs.log
+        tr a-z A-Z < $< > $@
+
+    @for part in [a, b, c]
+    out/part-$(part).txt: out/clean.txt
+        echo part >> $$HOME/runs.log
+        (cat $<; echo $(part)) > $@
+
+    out/report.txt: out/part-a.txt out/part-b.txt out/part-c.txt
+        echo report >> $$HOME/runs.log
+        cat $^ > $@
+
+    model/: out/clean.txt
+        echo model >> $$HOME/runs.log
+        mkdir -p $@/layers
+        head -c 100000 /dev/urandom > $@/layers/weights.bin
+        cp $< $@/vocab.txt
+"""
+
+
+def checkout(tmp_path, name, s3, runs_file) -> Project:
+    root = tmp_path / name / "work" / "pipeline"
+    root.mkdir(parents=True)
+    p = Project(root)
+    p.batchfile(PIPELINE)
+    p.write("data/raw.txt", "hello team\n")
+    # recipes count their runs in $HOME, which differs per person and is not in any key
+    assert runs_file == tmp_path / name / "runs.log"
+    p.env = {**s3.env, "HOME": str(tmp_path / name), "USER": name}
+    return p
+
+
+def runs(path) -> list[str]:
+    return path.read_text().split() if path.exists() else []
+
+
+def test_two_checkouts_share_results_and_nothing_runs_twice(project, s3, tmp_path):
+    alice_runs, bob_runs = tmp_path / "alice" / "runs.log", tmp_path / "bob" / "runs.log"
+    alice = checkout(tmp_path, "alice", s3, alice_runs)
+    bob = checkout(tmp_path, "bob", s3, bob_runs)
+
+    built = alice.build(env=alice.env)
+    assert statuses(built, "built") == {"out/clean.txt", "out/part-a.txt", "out/part-b.txt", "out/part-c.txt", "out/report.txt", "model"}
+    assert alice.last_report["summary"]["cache"]["uploaded"] == 6
+    assert s3.keys("ac/") and s3.keys("cas/")
+
+    report = bob.build(env=bob.env)
+    assert statuses(report, "built") == set(), bob.last_proc.stderr
+    assert runs(bob_runs) == [], "bob ran no recipe"
+    assert bob.read("out/report.txt") == alice.read("out/report.txt")
+    assert (bob.root / "model/layers/weights.bin").read_bytes() == (alice.root / "model/layers/weights.bin").read_bytes()
+    assert bob.read("model/vocab.txt") == "HELLO TEAM\n"
+    # the keys are the same on both machines
+    keys = lambda p: {t["target"]: t["key"] for t in p.last_report["targets"]}
+    assert keys(alice) == keys(bob)
+    # the shared hits that bob received fill his local store (blobs and results)
+    local_results = {p.name for p in (bob.root / ".bb" / "ac").rglob("*") if p.is_file()}
+    assert {keys(bob)["out/report.txt"], keys(bob)["model"]} <= local_results
+    from buildsys.digest import hash_file
+
+    weights = hash_file(str(bob.root / "model/layers/weights.bin"))
+    assert (bob.root / ".bb" / "cas" / weights[:2] / weights).exists()
+    # and a second build is a local no-op
+    again = bob.build(env=bob.env)
+    assert statuses(again, "built") == set() and runs(bob_runs) == []
+
+
+def test_planning_a_cached_graph_costs_few_requests(project, s3, tmp_path):
+    alice = checkout(tmp_path, "alice", s3, tmp_path / "alice" / "runs.log")
+    bob = checkout(tmp_path, "bob", s3, tmp_path / "bob" / "runs.log")
+    alice.build(env=alice.env)
+    bob.build(env=bob.env)
+    requests = bob.last_report["summary"]["cache"]["requests"]
+    # a bundle answers every lookup; the rest are blob downloads for the outputs
+    blobs = len([k for k in s3.keys("cas/")])
+    assert requests <= 3 + blobs, requests
+
+
+def test_read_only_mode_uses_the_cache_but_never_writes(project, s3, tmp_path):
+    alice = checkout(tmp_path, "alice", s3, tmp_path / "alice" / "runs.log")
+    alice.build(env=alice.env)
+    before = set(s3.keys())
+    ci = checkout(tmp_path, "ci", s3, tmp_path / "ci" / "runs.log")
+    ci.write("data/raw.txt", "hello team\n")
+    ci.batchfile(PIPELINE + "\n    extra.txt: out/report.txt\n        wc -l < $< > $@\n")
+    report = ci.build("extra.txt", "--cache-read-only", env=ci.env)
+    assert report["extra.txt"] == "built"
+    assert statuses(report, "cached") >= {"out/report.txt"}
+    assert set(s3.keys()) == before, "a read-only client writes nothing"
+    # the same through the environment variable
+    ci.write("data/raw.txt", "other\n")
+    ci.build("extra.txt", env={**ci.env, "BB_CACHE_READ_ONLY": "1"})
+    assert set(s3.keys()) == before
+
+
+def test_corrupted_blob_in_the_bucket_is_rejected(project, s3, tmp_path):
+    alice = checkout(tmp_path, "alice", s3, tmp_path / "alice" / "runs.log")
+    alice.build("out/report.txt", env=alice.env)
+    # damage every blob
+    for key in s3.keys("cas/"):
+        s3.put(key, b"tampered")
+    bob_runs = tmp_path / "bob" / "runs.log"
+    bob = checkout(tmp_path, "bob", s3, bob_runs)
+    proc = bob.bb("build", "out/report.txt", env=bob.env)
+    assert "Traceback" not in proc.stderr
+    assert "corrupt" in proc.stderr or "does not match" in proc.stderr
+    if bob.exists("out/report.txt"):
+        assert bob.read("out/report.txt") == alice.read("out/report.txt"), "nothing tampered reaches the workspace"
+    final = bob.build("out/report.txt", env=bob.env)
+    assert final["out/report.txt"] in ("built", "cached")
+    assert bob.read("out/report.txt") == alice.read("out/report.txt")
+
+
+def test_result_naming_a_missing_blob_is_a_miss(project, s3, tmp_path):
+    alice = checkout(tmp_path, "alice", s3, tmp_path / "alice" / "runs.log")
+    alice.build("out/clean.txt", env=alice.env)
+    for key in s3.keys("cas/"):
+        s3.client.delete_object(Bucket=s3.bucket, Key=key)
+    bob_runs = tmp_path / "bob" / "runs.log"
+    bob = checkout(tmp_path, "bob", s3, bob_runs)
+    proc = bob.bb("build", "out/clean.txt", env=bob.env)
+    assert "Traceback" not in proc.stderr
+    assert "missing" in proc.stderr
+    final = bob.build("out/clean.txt", env=bob.env)
+    assert bob.read("out/clean.txt") == "HELLO TEAM\n"
+
+
+def test_path_escaping_result_is_rejected(project, s3, tmp_path):
+    alice = checkout(tmp_path, "alice", s3, tmp_path / "alice" / "runs.log")
+    alice.build("out/clean.txt", env=alice.env)
+    for key in s3.keys("ac/"):
+        result = json.loads(s3.get(key))
+        result["outputs"][0]["path"] = "../../../escaped.txt"
+        s3.put(key, json.dumps(result).encode())
+    for key in s3.keys("bundles/"):
+        s3.client.delete_object(Bucket=s3.bucket, Key=key)
+    bob = checkout(tmp_path, "bob", s3, tmp_path / "bob" / "runs.log")
+    report = bob.build("out/clean.txt", env=bob.env)
+    assert report["out/clean.txt"] == "built"
+    assert "ignored the stored result" in bob.last_proc.stderr
+    assert not list(tmp_path.rglob("escaped.txt"))
+
+
+def test_credentials_never_enter_store_results_or_report(project, s3, tmp_path):
+    alice = checkout(tmp_path, "alice", s3, tmp_path / "alice" / "runs.log")
+    alice.batchfile(PIPELINE + "\n    @env AWS_SECRET_ACCESS_KEY\n    secret.txt:\n        echo ok > $@\n")
+    alice.build("all", "secret.txt", env=alice.env)
+    secret = alice.env["AWS_SECRET_ACCESS_KEY"]
+    assert secret not in alice.last_proc.stdout + alice.last_proc.stderr
+    for key in s3.keys():
+        assert secret.encode() not in s3.get(key), key
+    for path in (alice.root / ".bb").rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
