@@ -22,6 +22,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -58,14 +59,27 @@ def bench_env() -> dict:
 ENV = bench_env()
 
 
+TIME = "/usr/bin/time"  # GNU time: the peak RSS of the tool's own process tree
+WRAPPER_OVERHEAD = [0.0]
+# One file, rewritten by every run (on tmpfs when there is one), so that the
+# wrapper's cost is the same for every run and for calibrate().
+RSS_FILE = os.path.join("/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir(), f"bb-bench-rss.{os.getpid()}")  # seconds /usr/bin/time adds to a run, measured once and subtracted
+
+
 def run(cmd: list[str], cwd: str, log: str, timeout: float | None = None) -> Run:
-    """time.perf_counter around the process; os.wait4 gives the peak RSS of the
-    process and of the children it waited for (the recipes), not of earlier runs."""
+    """time.perf_counter around the process, run under `/usr/bin/time -f %M`.
+
+    Peak RSS needs the wrapper: a child forked from this Python process
+    inherits its ~20 MiB high-water mark at exec, so wait4/RUSAGE_CHILDREN
+    would never report less. The wrapper's own cost (about a millisecond,
+    measured by calibrate()) is subtracted from the time."""
+    rss_file = RSS_FILE
+    wrapped = [TIME, "-f", "%M", "-o", rss_file, *cmd] if os.path.exists(TIME) else cmd
     with open(log, "wb") as out:
         out.write(("$ " + " ".join(cmd) + "\n").encode())
         out.flush()
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=cwd, env=ENV, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(wrapped, cwd=cwd, env=ENV, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         fired, reaped = threading.Event(), threading.Event()
         timer = None
         if timeout:
@@ -79,14 +93,38 @@ def run(cmd: list[str], cwd: str, log: str, timeout: float | None = None) -> Run
             timer.daemon = True
             timer.start()
         _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - t0
+        seconds = time.perf_counter() - t0 - WRAPPER_OVERHEAD[0]
         reaped.set()
         proc.returncode = os.waitstatus_to_exitcode(status)
         if timer is not None:
             timer.cancel()
     with open(log, "rb") as f:
         output = f.read().decode("utf-8", "replace")
-    return Run(seconds, usage.ru_maxrss, proc.returncode, output, fired.is_set())
+    maxrss = usage.ru_maxrss
+    if wrapped is not cmd:
+        try:
+            with open(rss_file) as f:
+                text = f.read().split()
+            maxrss = int(text[-1])  # GNU time puts "Command exited with non-zero status N" first
+        except (OSError, ValueError, IndexError):
+            pass
+    return Run(max(seconds, 0.0), maxrss, proc.returncode, output, fired.is_set())
+
+
+def calibrate(folder: str) -> None:
+    """Measure what the /usr/bin/time wrapper adds to a run (median of 30 pairs)."""
+    if not os.path.exists(TIME):
+        return
+    log = RSS_FILE
+    direct, wrapped = [], []
+    for _ in range(30):
+        t0 = time.perf_counter()
+        subprocess.run(["true"], env=ENV)
+        direct.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        subprocess.run([TIME, "-f", "%M", "-o", log, "true"], env=ENV)
+        wrapped.append(time.perf_counter() - t0)
+    WRAPPER_OVERHEAD[0] = max(0.0, statistics.median(wrapped) - statistics.median(direct))
 
 
 def _signal_group(pgid: int, sig) -> None:
@@ -157,7 +195,7 @@ class Pipeline:
     def __init__(self, root: str, shape: str, n: int, tools: list[str]):
         self.shape, self.n = shape, n
         self.root = os.path.join(root, f"{shape}-{n}")
-        self.tools = [t for t in tools if not (t == "bb-for" and shape == "chain")]
+        self.tools = [t for t in tools if not (t == "bb-for" and (shape == "chain" or n > ARGS.for_max_n))]
         self.src = "v0"
         self.leaf = "v0"  # tail.txt (chain) or in/LEAF.txt (fan-out)
         self.leaf_index = max(1, n // 2)
@@ -342,16 +380,16 @@ def measure_hash(root: str, results: list, where: str) -> None:
     logs = os.path.join(folder, "logs")
     os.makedirs(logs, exist_ok=True)
 
-    def row(scenario, tool, r: Run, samples=None, ok=True):
-        rec = {"where": where, "section": "hash", "scenario": scenario, "tool": tool, "bytes": each * files,
+    def row(scenario, tool, r: Run, samples=None, ok=True, reads_all=True):
+        rec = {"where": where, "section": "hash", "scenario": scenario, "tool": tool, "bytes": each * files, "reads_all": reads_all,
                "seconds": r.seconds if samples is None else statistics.median(samples), "maxrss_kb": r.maxrss_kb, "ok": ok and r.rc == 0}
         if samples:
             rec["samples"] = [round(s, 4) for s in samples]
         if r.rc != 0:
             rec["error"] = " | ".join(r.output.strip().splitlines()[-3:])[:300]
         results.append(rec)
-        gbs = each * files / rec["seconds"] / 1e9
-        print(f"  {scenario:<34} {tool:<22} {rec['seconds']:8.3f}s  {gbs:6.2f} GB/s  {r.maxrss_kb / 1024:7.1f} MiB", flush=True)
+        gbs = f"{each * files / rec['seconds'] / 1e9:6.2f} GB/s" if reads_all else " " * 11
+        print(f"  {scenario:<38} {tool:<20} {rec['seconds']:8.3f}s  {gbs}  {r.maxrss_kb / 1024:7.1f} MiB", flush=True)
 
     paths = [os.path.join(folder, n) for n in names]
     row("read every byte (warms page cache)", "cat > /dev/null", run(["sh", "-c", 'cat "$@" > /dev/null', "sh", *paths], folder, os.path.join(logs, "cat.log")))
@@ -365,11 +403,11 @@ def measure_hash(root: str, results: list, where: str) -> None:
     for k in range(ARGS.repeat):
         last = run(bb, folder, os.path.join(logs, f"bb-noop-{k}.log"))
         samples.append(last.seconds)
-    row(f"bb no-op (median of {ARGS.repeat})", "bb", last, samples, ok=tasks_ran("bb", last.output) == 0)
+    row(f"bb no-op (median of {ARGS.repeat})", "bb", last, samples, ok=tasks_ran("bb", last.output) == 0, reads_all=False)
     os.utime(paths[0])
     time.sleep(0.01)
     r = run(bb, folder, os.path.join(logs, "bb-touch.log"))
-    row("bb after touching 1 input (same bytes)", "bb", r, ok=tasks_ran("bb", r.output) == 0)
+    row(f"bb after touching 1 input (same bytes)", "bb", r, ok=tasks_ran("bb", r.output) == 0, reads_all=False)
     py = [sys.executable, "-c", HASH_SNIPPET]
     row("blake3, 1 thread, mmap (as bb)", "python blake3", run(py + ["1", *paths], folder, os.path.join(logs, "b3-1.log")))
     row("blake3, all cores, mmap", "python blake3 AUTO", run(py + ["auto", *paths], folder, os.path.join(logs, "b3-auto.log")))
@@ -394,6 +432,67 @@ for p in paths:
         h.update_mmap(p)
     print(h.hexdigest(), p)
 """
+
+
+# ---- start-up floor ---------------------------------------------------------------------
+
+
+def measure_startup(results: list) -> None:
+    """What starting each program costs here, before it does any work."""
+    py = sys.executable
+    cases = [
+        ("python -c pass", [py, "-c", "pass"]),
+        ("python -S -c pass (no site-packages)", [py, "-S", "-c", "pass"]),
+        ("bb --version", [os.path.join(BIN, "bb"), "--version"]),
+        ("doit --version", [os.path.join(BIN, "doit"), "--version"]),
+        ("make --version", ["make", "--version"]),
+    ]
+    folder = ARGS.workdirs[0]
+    log = os.path.join(folder, "startup.log")
+    print("\nstart-up (median of 10)", flush=True)
+    for label, cmd in cases:
+        samples, rss = [], 0
+        for _ in range(10):
+            r = run(cmd, folder, log)
+            samples.append(r.seconds)
+            rss = max(rss, r.maxrss_kb)
+        results.append({"where": "", "section": "startup", "what": label, "seconds": statistics.median(samples), "maxrss_kb": rss, "ok": r.rc == 0})
+        print(f"  {label:<38} {statistics.median(samples) * 1000:7.1f} ms  {rss / 1024:6.1f} MiB", flush=True)
+    # what site-packages' .pth files import at every Python start
+    out = subprocess.run([py, "-X", "importtime", "-c", "pass"], env=ENV, capture_output=True, text=True).stderr
+    heavy = []
+    for line in out.splitlines():
+        m = re.match(r"import time:\s+\d+ \|\s+(\d+) \| ((?:  )?)(\S.*)$", line)  # top level, or one level down
+        if m and int(m.group(1)) > 3000:
+            heavy.append(f"{'  in it: ' if m.group(2) else ''}{m.group(3)} {int(m.group(1)) / 1000:.0f} ms")
+    results.append({"where": "", "section": "startup-imports", "imports": heavy})
+    os.unlink(log)
+
+
+def _nest(imports: list[str]) -> list[str]:
+    """["  in it: a 14 ms", "site 36 ms"] -> ["site 36 ms (of which a 14 ms)"]: -X importtime lists children first."""
+    out, children = [], []
+    for item in imports:
+        if item.startswith("  in it: "):
+            children.append(item[len("  in it: "):])
+        else:
+            out.append(item + (f" (of which {', '.join(children)})" if children else ""))
+            children = []
+    return out
+
+
+def startup_table(rows) -> list[str]:
+    rows_ = [r for r in rows if r["section"] == "startup"]
+    if not rows_:
+        return []
+    out = ["| command | time (median of 10) | peak RSS |", "|---|---:|---:|"]
+    out += [f"| `{r['what']}` | {r['seconds'] * 1000:.1f} ms | {r['maxrss_kb'] / 1024:.1f} MiB |" for r in rows_]
+    imports = next((r["imports"] for r in rows if r["section"] == "startup-imports"), [])
+    if imports:
+        out += ["", "What a bare `python -c pass` imports here (cumulative, from `-X importtime`; `site` runs the `.pth` files in "
+                "site-packages, which import the editable install's finder and, on this machine, `certifi`): "
+                + "; ".join(_nest(imports)) + "."]
+    return out
 
 
 # ---- the machine ---------------------------------------------------------------------------
@@ -595,7 +694,8 @@ def targets_section(rows: list, where: str) -> list[str]:
                 out.append(f"| plan {r['n']} targets ({r['form']}, {r['scenario']}): under 10 s and 1 GiB | timeout | NOT reached |")
                 continue
             ok = r["seconds"] < 10 and r["maxrss_kb"] < (1 << 20) and r.get("ok")
-            out.append(f"| plan {r['n']} targets ({'@for' if r['form'] == 'for' else 'one rule each'}, {r['scenario']}): under 10 s and 1 GiB | {r['seconds']:.2f} s, {r['maxrss_kb'] / 1024:.0f} MiB | {'reached' if ok else 'NOT reached'} |")
+            verdict = ("reached" if ok else "NOT reached") if r["n"] >= 100_000 else "n/a: the target is for 100k targets (run without --quick)"
+            out.append(f"| plan {r['n']} targets ({'@for' if r['form'] == 'for' else 'one rule each'}, {r['scenario']}): under 10 s and 1 GiB | {r['seconds']:.2f} s, {r['maxrss_kb'] / 1024:.0f} MiB | {verdict} |")
     if not out:
         return []
     return ["| target | measured | verdict |", "|---|---|---|", *out]
@@ -618,7 +718,8 @@ def hash_table(rows, where):
     out = [f"{rows[0]['bytes'] / (1 << 30):.2f} GiB in {ARGS.hash_files} files.", "",
            "| what | tool | time | throughput | peak RSS |", "|---|---|---:|---:|---:|"]
     for r in rows:
-        out.append(f"| {r['scenario']} | {r['tool']} | {_fmt_s(r['seconds'])}{'' if r.get('ok') else ' FAILED'} | {r['bytes'] / r['seconds'] / 1e9:.2f} GB/s | {r['maxrss_kb'] / 1024:.0f} MiB |")
+        gbs = f"{r['bytes'] / r['seconds'] / 1e9:.2f} GB/s" if r.get("reads_all", True) else "—"
+        out.append(f"| {r['scenario']} | {r['tool']} | {_fmt_s(r['seconds'])}{'' if r.get('ok') else ' FAILED'} | {gbs} | {r['maxrss_kb'] / 1024:.0f} MiB |")
     return out
 
 
@@ -630,9 +731,13 @@ NOTES = """\
   Every tool also runs once on a 10-task pipeline before anything is timed.
 - **Direct entry points.** `bb` and `doit` are run from the interpreter's
   `bin/` folder (`{bin}`), not through pyenv shims, which add ~90 ms per start.
-- **Peak RSS** is `ru_maxrss` from `os.wait4` on the tool's process: the
-  maximum of the tool and the children it waited for (the recipe shells), so a
-  tool's figure is never below a `sh` + `cat`.
+- **Timing and peak RSS.** Wall-clock is `time.perf_counter()` around the
+  tool's process. Every tool runs under `/usr/bin/time -f %M` for its peak
+  RSS (the maximum over the tool and the recipes it waited for): a process
+  spawned straight from the Python driver inherits the driver's ~20 MiB
+  high-water mark at exec, so `wait4`/`RUSAGE_CHILDREN` cannot report less.
+  The wrapper's own cost, {overhead} ms (median of 30 wrapped minus 30 direct
+  runs of `true`), is subtracted from every time.
 - **doit's database.** doit's default backend is Python's `dbm`; this Python
   has no gdbm/ndbm, so doit uses `{doit_db}` (slower than gdbm on big graphs).
   doit is run with its defaults otherwise: `doit` (-j1) or `doit -n 2`
@@ -678,6 +783,9 @@ def write_report(meta: dict, rows: list, path: str, command: str) -> str:
         f"- pipelines: chain at -j1 for every tool, fan-out at -j{ARGS.jobs} for every tool; no-op median of {ARGS.repeat}",
         "",
     ]
+    st = startup_table(rows)
+    if st:
+        lines += ["## Start-up floor", "", "Every bb or doit run pays at least a Python start; make pays almost nothing.", "", *st, ""]
     for where in meta["disks"]:
         if len(meta["disks"]) > 1:
             lines += [f"## Work folder `{where}`", ""]
@@ -693,7 +801,7 @@ def write_report(meta: dict, rows: list, path: str, command: str) -> str:
             lines += [f"{h} Planning a {ARGS.plan_n}-target graph (`bb plan`)", "", *plan_table(rows, where), ""]
         if any(r["section"] == "hash" and r["where"] == where for r in rows):
             lines += [f"{h} Hashing big inputs", "", *hash_table(rows, where), ""]
-    lines += ["## Notes", "", NOTES.format(bin=BIN, doit_db=meta["doit_backend"], timeout=ARGS.timeout or 0, load_start=meta["loadavg_start"],
+    lines += ["## Notes", "", NOTES.format(overhead=meta.get("wrapper_overhead_ms", "?"), bin=BIN, doit_db=meta["doit_backend"], timeout=ARGS.timeout or 0, load_start=meta["loadavg_start"],
                                            load_end=meta.get("loadavg_end", "?"), code_start=meta["bb_code"], code_end=meta.get("bb_code_end", "?"))]
     text = "\n".join(lines)
     with open(path, "w") as f:
@@ -706,7 +814,7 @@ def write_report(meta: dict, rows: list, path: str, command: str) -> str:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Benchmark bb against GNU make and doit; writes bench/RESULTS.md.")
-    p.add_argument("--quick", action="store_true", help="N up to 1000, 0.4 GB of hashing, a 100k @for plan only (under 2 minutes)")
+    p.add_argument("--quick", action="store_true", help="N up to 1000, 0.4 GiB of hashing, a 20k-target @for plan (under 2 minutes)")
     p.add_argument("--workdir", dest="workdirs", action="append", metavar="DIR",
                    help="scratch folder (repeat to run the suite in several, e.g. bench/work and /dev/shm/bb-bench); default bench/work")
     p.add_argument("--sizes", help="comma-separated N (default 100,1000,10000; --quick 100,1000)")
@@ -714,9 +822,10 @@ def parse_args(argv=None):
     p.add_argument("--tools", default=",".join(TOOLS), help=f"comma-separated subset of {','.join(TOOLS)}")
     p.add_argument("-j", "--jobs", type=int, default=2, help="-j for the fan-out, for every tool (the chain runs at -j1)")
     p.add_argument("--repeat", type=int, default=5, help="no-op repetitions (median)")
-    p.add_argument("--timeout", type=float, help="seconds before a pipeline build is stopped (default 120; --quick 300)")
-    p.add_argument("--extras-max-n", type=int, help="run 'touch source' and 'revert source' up to this N (default: all)")
-    p.add_argument("--plan-n", type=int, default=100_000, help="targets in the planning benchmark")
+    p.add_argument("--timeout", type=float, help="seconds before a pipeline build is stopped (default 90; --quick 300)")
+    p.add_argument("--extras-max-n", type=int, help="run 'touch source' and 'revert source' up to this N (default 1000; --quick 100)")
+    p.add_argument("--for-max-n", type=int, help="measure the @for form of the fan-out up to this N (default: all; --quick 100)")
+    p.add_argument("--plan-n", type=int, help="targets in the planning benchmark (default 100000; --quick 20000)")
     p.add_argument("--no-plan-plain", dest="plan_plain", action="store_false", help="skip the one-rule-per-target form of the plan benchmark")
     p.add_argument("--plan-timeout", type=float, default=600)
     p.add_argument("--hash-gb", type=float, help="GiB of input for the hashing benchmark (default 4; --quick 0.4)")
@@ -731,8 +840,10 @@ def parse_args(argv=None):
     a.sizes = [int(s) for s in (a.sizes or ("100,1000" if a.quick else "100,1000,10000")).split(",")]
     a.shapes = [s for s in a.shapes.split(",") if s]
     a.tools = [t for t in TOOLS if t in a.tools.split(",")]
-    a.timeout = a.timeout if a.timeout is not None else (300 if a.quick else 120)
-    a.extras_max_n = a.extras_max_n if a.extras_max_n is not None else 10**9
+    a.timeout = a.timeout if a.timeout is not None else (300 if a.quick else 90)
+    a.extras_max_n = a.extras_max_n if a.extras_max_n is not None else (100 if a.quick else 1000)
+    a.for_max_n = a.for_max_n if a.for_max_n is not None else (100 if a.quick else 10**9)
+    a.plan_n = a.plan_n if a.plan_n is not None else (20_000 if a.quick else 100_000)
     a.hash_gb = a.hash_gb if a.hash_gb is not None else (0.4 if a.quick else 4)
     if a.quick:
         a.plan_plain = False
@@ -760,6 +871,9 @@ def main(argv=None) -> int:
     meta = machine(ARGS.workdirs)
     print(f"bench: {meta['bb']} ({meta['bb_code']}), {meta['make']}, doit {meta['doit']}, Python {meta['python']}, nproc {meta['nproc']}", flush=True)
     prepare()
+    calibrate(ARGS.workdirs[0])
+    meta["wrapper_overhead_ms"] = round(WRAPPER_OVERHEAD[0] * 1000, 3)
+    print(f"bench: /usr/bin/time adds {WRAPPER_OVERHEAD[0] * 1000:.2f} ms per run; subtracted from every time", flush=True)
     rows: list = []
     started = time.time()
     json_path = os.path.join(ARGS.workdirs[0], "results.json")
@@ -771,6 +885,7 @@ def main(argv=None) -> int:
         with open(json_path, "w") as f:
             json.dump({"command": command, "machine": meta, "args": {k: v for k, v in vars(ARGS).items() if k != "skip"}, "rows": rows}, f, indent=1)
 
+    measure_startup(rows)
     for where in ARGS.workdirs:
         print(f"\n=== work folder {where} ===", flush=True)
         if "pipelines" not in ARGS.skip:
@@ -785,6 +900,8 @@ def main(argv=None) -> int:
             measure_hash(where, rows, where)
             save()
     save()
+    if os.path.exists(RSS_FILE):
+        os.unlink(RSS_FILE)
     text = write_report(meta, rows, ARGS.results, command)
     print("\n" + text)
     print(f"\nbench: done in {time.time() - started:.0f} s; wrote {ARGS.results} and {json_path}", flush=True)

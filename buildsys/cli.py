@@ -346,37 +346,6 @@ def cmd_clean(args) -> int:
     return 0
 
 
-def cmd_cache_gc(args) -> int:
-    from .gc import collect, parse_age, parse_size
-
-    if args.max_size is None and args.max_age is None:
-        raise UsageError("say what to keep: --max-size (such as 10G) and/or --max-age (such as 30d).")
-    args.overrides = {}
-    ctx = load_context(args)
-    keep = set(ctx.workspace.last.values()) if not args.include_current else set()
-    report = collect(
-        ctx.store,
-        max_size=parse_size(args.max_size) if args.max_size else None,
-        max_age=parse_age(args.max_age) if args.max_age else None,
-        keep=keep,
-        dry_run=args.dry_run,
-    )
-    verb = "would remove" if args.dry_run else "removed"
-    print(
-        f"bb: {verb} {report.results_removed} action result(s) and {report.blobs_removed} blob(s), "
-        f"{_human(report.bytes_freed)}; kept {report.results_kept} result(s), {_human(report.bytes_kept)}"
-    )
-    return 0
-
-
-def _human(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
-
-
 # ---- argument parsing ---------------------------------------------------------------
 
 
@@ -442,13 +411,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--purge", action="store_true", help="also delete the local store")
     p.set_defaults(func=cmd_clean)
 
-    cache = sub.add_parser("cache", help="manage the store").add_subparsers(dest="cache_command", metavar="COMMAND")
-    p = cache.add_parser("gc", parents=[common], help="delete old results and unreferenced blobs from the local store")
-    p.add_argument("--max-size", metavar="SIZE", help="shrink the store to SIZE (such as 10G), oldest results first")
-    p.add_argument("--max-age", metavar="AGE", help="drop results not used for AGE (such as 30d)")
-    p.add_argument("--include-current", action="store_true", help="may also drop the current targets' last builds")
+    from . import cachecli
+
+    cache = sub.add_parser("cache", help="manage the local store and the shared cache").add_subparsers(dest="cache_command", metavar="COMMAND")
+    p = cache.add_parser("push", parents=[common], help="upload the local results of targets to the shared cache")
+    p.add_argument("targets", nargs="*", metavar="TARGET|VAR=VALUE")
+    p.set_defaults(func=cachecli.push)
+    p = cache.add_parser("pull", parents=[common], help="bring targets' outputs from the shared cache, building nothing")
+    p.add_argument("targets", nargs="*", metavar="TARGET|VAR=VALUE")
+    p.set_defaults(func=cachecli.pull)
+    p = cache.add_parser("ls", parents=[common], help="where each target's current result is: local, shared, or missing")
+    p.add_argument("targets", nargs="*", metavar="TARGET|VAR=VALUE")
+    p.set_defaults(func=cachecli.ls)
+    p = cache.add_parser("stats", parents=[common], help="size of the local store and of the shared cache")
+    p.set_defaults(func=cachecli.stats)
+    p = cache.add_parser("verify", parents=[common], help="re-hash every blob and report corrupt ones")
+    p.add_argument("--shared", action="store_true", help="verify the shared cache instead of the local store")
+    p.add_argument("--delete", action="store_true", help="remove the corrupt blobs")
+    p.set_defaults(func=cachecli.verify)
+    p = cache.add_parser("gc", parents=[common], help="delete old results and unreferenced blobs")
+    p.add_argument("--max-size", metavar="SIZE", help="shrink to SIZE (such as 10G), oldest results first")
+    p.add_argument("--max-age", metavar="AGE", help="drop results older than AGE (such as 30d)")
+    p.add_argument("--include-current", action="store_true", help="may also drop what the current targets use")
+    p.add_argument("--shared", action="store_true", help="collect in the shared cache instead of the local store")
     p.add_argument("-n", "--dry-run", action="store_true", help="say what would be removed")
-    p.set_defaults(func=cmd_cache_gc)
+    p.set_defaults(func=cachecli.gc)
     return parser
 
 

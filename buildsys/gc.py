@@ -1,14 +1,14 @@
-"""Garbage collection of the local store: drop old action results by age or
-to fit a size, then every blob no remaining result names."""
+"""Garbage collection of a store, local or shared: drop action results by
+age or to fit a size (the newest and the protected ones stay), then every
+blob that no remaining result names."""
 from __future__ import annotations
 
-import json
 import re
 import time
 from dataclasses import dataclass
 
-from .errors import BBError
-from .store import ActionResult, LocalStore
+from .errors import UsageError
+from .store import ActionResult
 
 # Blobs younger than this are never collected: a build in flight writes its
 # blobs before its action result.
@@ -21,14 +21,14 @@ _AGE = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 def parse_size(text: str) -> int:
     m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?", text.strip().lower())
     if not m:
-        raise BBError(f"'{text}' is not a size.", hint="Write it like 500M, 10G or 1T.")
+        raise UsageError(f"'{text}' is not a size.", hint="Write it like 500M, 10G or 1T.")
     return int(float(m.group(1)) * _SIZE[m.group(2)])
 
 
 def parse_age(text: str) -> float:
     m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhdw])", text.strip().lower())
     if not m:
-        raise BBError(f"'{text}' is not an age.", hint="Write it like 12h, 30d or 4w.")
+        raise UsageError(f"'{text}' is not an age.", hint="Write it like 12h, 30d or 4w.")
     return float(m.group(1)) * _AGE[m.group(2)]
 
 
@@ -41,64 +41,128 @@ class GcReport:
     bytes_kept: int = 0
 
 
-def _referenced(store: LocalStore, result: ActionResult) -> set[str]:
+class _Backend:
+    """What collection needs of a store: listings, reads and deletions."""
+
+    def results(self):  # -> iterable of (key, mtime)
+        raise NotImplementedError
+
+    def blobs(self):  # -> iterable of (digest, size, mtime)
+        raise NotImplementedError
+
+    def referenced(self, key: str) -> set[str]:
+        raise NotImplementedError
+
+    def delete_results(self, keys: list[str]) -> None:
+        raise NotImplementedError
+
+    def delete_blobs(self, digests: list[str]) -> None:
+        raise NotImplementedError
+
+
+def _names(result: ActionResult | None, manifest) -> set[str]:
+    if result is None:
+        return set()
     names = {result.log} if result.log else set()
     for out in result.outputs:
         names.add(out.digest)
         if out.path.endswith("/"):
             try:
-                for _rel, digest, _size, _x in json.loads(store.read_bytes(out.digest)):
-                    names.add(digest)
-            except (OSError, ValueError):
+                names.update(fd.digest for fd in manifest(out.digest).values())
+            except (OSError, ValueError, KeyError):
                 pass
     return names
 
 
-def collect(store: LocalStore, *, max_size: int | None, max_age: float | None, keep: set[str], dry_run=False) -> GcReport:
-    now = time.time()
-    report = GcReport()
-    blob_sizes = {digest: st.st_size for digest, _, st in store.blobs()}
-    entries = []  # (mtime, key, path, referenced blobs)
-    for key, path, st in store.results():
+class LocalBackend(_Backend):
+    def __init__(self, store):
+        from .materialize import read_manifest
+
+        self.store = store
+        self.manifest = lambda d: read_manifest(store, d)
+
+    def results(self):
+        return ((key, st.st_mtime) for key, _, st in self.store.results())
+
+    def blobs(self):
+        return ((d, st.st_size, st.st_mtime) for d, _, st in self.store.blobs())
+
+    def referenced(self, key):
         try:
-            result = store.get_result(key)
+            result = self.store.get_result(key)
         except Exception:
             result = None
-        refs = _referenced(store, result) if result else set()
-        entries.append((st.st_mtime, key, path, refs))
-    entries.sort(reverse=True)  # newest first
+        return _names(result, self.manifest)
+
+    def delete_results(self, keys):
+        for k in keys:
+            self.store.remove(self.store.result_path(k))
+
+    def delete_blobs(self, digests):
+        for d in digests:
+            self.store.remove(self.store.blob_path(d))
+
+
+class SharedBackend(_Backend):
+    def __init__(self, tiered):
+        from .materialize import read_manifest
+
+        self.tiered = tiered
+        self.remote = tiered.remote
+        self.manifest = lambda d: read_manifest(tiered, d)
+
+    def results(self):
+        return ((key, mtime) for key, _, mtime in self.remote.list("ac"))
+
+    def blobs(self):
+        return self.remote.list("cas")
+
+    def referenced(self, key):
+        try:
+            result = self.remote.get_result(key)
+        except Exception:
+            result = None
+        return _names(result, self.manifest)
+
+    def delete_results(self, keys):
+        self.remote.delete("ac", keys)
+
+    def delete_blobs(self, digests):
+        self.remote.delete("cas", digests)
+
+
+def collect_from(backend: _Backend, *, max_size, max_age, keep: set[str], dry_run=False, pmap=map) -> GcReport:
+    now = time.time()
+    report = GcReport()
+    blobs = {digest: (size, mtime) for digest, size, mtime in backend.blobs()}
+    listed = sorted(backend.results(), key=lambda e: -e[1])  # newest first
+    refs = dict(zip((k for k, _ in listed), pmap(backend.referenced, [k for k, _ in listed])))
     kept, dropped = [], []
-    for entry in entries:
-        mtime, key = entry[0], entry[1]
+    for key, mtime in listed:
         if key not in keep and max_age is not None and now - mtime > max_age:
-            dropped.append(entry)
+            dropped.append(key)
         else:
-            kept.append(entry)
+            kept.append((key, mtime))
     if max_size is not None:
-        # Keep the newest results (and the protected ones) while they fit.
         budget, survivors, counted = max_size, [], set()
-        for entry in sorted(kept, key=lambda e: (e[1] not in keep, -e[0])):
-            new = entry[3] - counted
-            size = sum(blob_sizes.get(d, 0) for d in new)
-            if entry[1] in keep or size <= budget:
+        for key, mtime in sorted(kept, key=lambda e: (e[0] not in keep, -e[1])):
+            new = refs[key] - counted
+            size = sum(blobs.get(d, (0, 0))[0] for d in new)
+            if key in keep or size <= budget:
                 budget -= size
                 counted |= new
-                survivors.append(entry)
+                survivors.append((key, mtime))
             else:
-                dropped.append(entry)
+                dropped.append(key)
         kept = survivors
-    live = set().union(*(e[3] for e in kept)) if kept else set()
-    for _, _, path, _ in dropped:
-        report.results_removed += 1
-        if not dry_run:
-            store.remove(path)
-    for digest, path, st in list(store.blobs()):
-        if digest in live or now - st.st_mtime < GRACE_SECONDS:
-            continue
-        report.blobs_removed += 1
-        report.bytes_freed += st.st_size
-        if not dry_run:
-            store.remove(path)
+    live = set().union(*(refs[k] for k, _ in kept)) if kept else set()
+    dead = [d for d, (size, mtime) in blobs.items() if d not in live and now - mtime >= GRACE_SECONDS]
+    report.results_removed = len(dropped)
+    report.blobs_removed = len(dead)
+    report.bytes_freed = sum(blobs[d][0] for d in dead)
     report.results_kept = len(kept)
-    report.bytes_kept = sum(blob_sizes.get(d, 0) for d in live)
+    report.bytes_kept = sum(blobs[d][0] for d in live if d in blobs)
+    if not dry_run:
+        backend.delete_results(dropped)  # results first: no result ever names a deleted blob
+        backend.delete_blobs(dead)
     return report

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import threading
+import time
 from dataclasses import dataclass
 
 from .digest import blake3
@@ -104,14 +105,14 @@ class S3Store:
         self.bytes_up = 0
         self._lock = threading.Lock()
         session = boto3.session.Session()
-        config = Config(
-            retries={"max_attempts": 8, "mode": "adaptive"},
-            max_pool_connections=64,
-            connect_timeout=5,
-            read_timeout=60,
-        )
-        self.client = session.client("s3", region_name=region or None, endpoint_url=endpoint or None, config=config)
-        self.client.meta.events.register("before-send.s3", self._count)
+        # Transfers retry throttling and dropped connections with backoff; the
+        # first check fails fast, so a dead endpoint is reported in seconds.
+        patient = Config(retries={"max_attempts": 8, "mode": "standard"}, max_pool_connections=64, connect_timeout=5, read_timeout=60)
+        brisk = Config(retries={"max_attempts": 1}, connect_timeout=3, read_timeout=10)
+        self.client = session.client("s3", region_name=region or None, endpoint_url=endpoint or None, config=patient)
+        self._probe = session.client("s3", region_name=region or None, endpoint_url=endpoint or None, config=brisk)
+        for client in (self.client, self._probe):
+            client.meta.events.register("before-send.s3", self._count)
 
     def _count(self, **_kw):
         with self._lock:
@@ -142,10 +143,28 @@ class S3Store:
 
     def check(self) -> None:
         """Fail early, with one clear paragraph, when the cache cannot be used."""
-        try:
-            self._call("checking the bucket", self.client.head_bucket)
-        except KeyError:
-            raise S3Error(f"the bucket '{self.url.bucket}' of the shared cache {self.url} does not exist.", hint="Check the 'cache' setting, $BB_CACHE or --cache.") from None
+        # A listing, not HEAD: its error answers carry a code (NoSuchBucket,
+        # AccessDenied...). Throttling and resets are retried; an endpoint that
+        # refuses connections is reported at once.
+        from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError, ReadTimeoutError
+
+        for attempt in range(6):
+            try:
+                self._probe.list_objects_v2(Bucket=self.url.bucket, Prefix=self._key("ac") + "/", MaxKeys=1)
+                return
+            except EndpointConnectionError as err:
+                if attempt >= 1:
+                    raise _explain(err, self.url, "checking the bucket") from None
+            except (ConnectionClosedError, ReadTimeoutError) as err:
+                if attempt == 5:
+                    raise _explain(err, self.url, "checking the bucket") from None
+            except ClientError as err:
+                code = err.response.get("Error", {}).get("Code", "")
+                if code not in ("SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "InternalError", "ServiceUnavailable", "503") or attempt == 5:
+                    raise _explain(err, self.url, "checking the bucket") from None
+            except Exception as err:
+                raise _explain(err, self.url, "checking the bucket") from None
+            time.sleep(min(0.2 * 2**attempt, 3.0))
 
     # -- action results --------------------------------------------------------------------
 

@@ -38,6 +38,7 @@ class TieredStore:
         self._uploads = []
         self._errors: list[BaseException] = []
         self._bad: set[str] = set()  # digests whose shared copy is missing or corrupt
+        self._uploaded: set[str] = set()
 
     # -- results --------------------------------------------------------------------
 
@@ -64,9 +65,13 @@ class TieredStore:
             self._named.update(o.digest for o in result.outputs)
         return result
 
-    def prefetch(self, keys) -> None:
-        """Ask the shared store for several results at once."""
-        missing = [k for k in keys if k not in self._remote_results and k not in self._bundle and not os.path.exists(self.local.result_path(k))]
+    def prefetch(self, keys, *, even_local: bool = False) -> None:
+        """Ask the shared store for several results at once (by default only
+        for keys the local store lacks)."""
+        missing = [
+            k for k in dict.fromkeys(keys)
+            if k not in self._remote_results and k not in self._bundle and (even_local or not os.path.exists(self.local.result_path(k)))
+        ]
         if len(missing) > 1:
             list(self._pool.map(self._quiet_fetch, missing))
 
@@ -75,6 +80,17 @@ class TieredStore:
             self._from_remote(key)
         except CorruptEntry:
             self._remote_results[key] = None
+
+    def shared_has(self, key: str) -> bool:
+        """Does the shared store hold a (well-formed) result for this key?"""
+        try:
+            return self._from_remote(key) is not None
+        except CorruptEntry:
+            return False
+
+    def map(self, fn, items):
+        """fn over items on the transfer threads, in order."""
+        return self._pool.map(fn, items)
 
     def get_result(self, key: str) -> ActionResult | None:
         result = self.local.get_result(key)
@@ -159,6 +175,7 @@ class TieredStore:
             self.remote.put_result(result)  # last: it names the blobs above
             with self._guard:
                 self.uploaded_results += 1
+                self._uploaded.add(result.key)
         except BaseException as err:
             self._errors.append(err)
 
@@ -182,6 +199,14 @@ class TieredStore:
             future.result()
         self._uploads = []
         self._raise_upload_errors()
+        if not self.read_only:
+            # Local results the shared store may lack (an earlier upload was
+            # cut short, or they were built without the cache): share them.
+            # The plan's bundle, when there is one, says what is already shared.
+            self.push([
+                r for r in results.values()
+                if r.key not in self._bundle and r.key not in self._uploaded and self._remote_results.get(r.key) is None
+            ])
         for result in results.values():
             if result.key in self._remote_results and all(self.local.has_blob(d) for d in self.blobs_of_local(result)):
                 if result.log:
