@@ -157,13 +157,18 @@ def ls(args) -> int:
     return 0
 
 
-def stats(args) -> int:
+def _stores(args):
+    """The context, whether a shared cache is configured, and the local store."""
     from .cli import load_context
 
     args.overrides = {}
     ctx = load_context(args)
     tiered = getattr(ctx.store, "remote", None) is not None
-    local = ctx.store.local if tiered else ctx.store
+    return ctx, tiered, (ctx.store.local if tiered else ctx.store)
+
+
+def stats(args) -> int:
+    ctx, tiered, local = _stores(args)
     results = sum(1 for _ in local.results())
     blobs = [(st.st_size) for _, _, st in local.blobs()]
     print(f"local store  {local.root}: {results} result(s), {len(blobs)} blob(s), {_human(sum(blobs))}")
@@ -178,13 +183,9 @@ def stats(args) -> int:
 
 def verify(args) -> int:
     """Re-hash every blob; report (and with --delete remove) the corrupt ones."""
-    from .cli import load_context
     from .store import CorruptEntry
 
-    args.overrides = {}
-    ctx = load_context(args)
-    tiered = getattr(ctx.store, "remote", None) is not None
-    local = ctx.store.local if tiered else ctx.store
+    ctx, tiered, local = _stores(args)
     bad = []
     if not args.shared:
         blobs = list(local.blobs())

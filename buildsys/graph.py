@@ -91,24 +91,7 @@ class Graph:
 
     def closure(self, roots) -> list[str]:
         """Targets needed for `roots`, dependencies before dependents."""
-        order, state = [], {}
-        for root in roots:
-            if root in state:
-                continue
-            stack = [(root, iter(self.deps[root]))]
-            state[root] = 1
-            while stack:
-                node, it = stack[-1]
-                for dep in it:
-                    if dep not in state:
-                        state[dep] = 1
-                        stack.append((dep, iter(self.deps[dep])))
-                        break
-                else:
-                    stack.pop()
-                    state[node] = 2
-                    order.append(node)
-        return order
+        return _postorder(self, roots)
 
 
 # ---- interpolation ---------------------------------------------------------
@@ -499,7 +482,7 @@ def build_graph(model: Batchfile, overrides: dict[str, str] | None = None, root:
             detail="\n".join(lines),
         )
     graph = Graph(targets, deps, producer, default, settings, scope, made_dirs, watched)
-    _check_cycles(graph)
+    _postorder(graph, graph.targets)  # raises on a cycle
     return graph
 
 
@@ -542,9 +525,12 @@ def _glob(pattern: str, root: str, declared: list[str], watched: set[str]) -> li
     return sorted(found)
 
 
-def _check_cycles(graph: Graph) -> None:
-    state: dict[str, int] = {}
-    for root in graph.targets:
+def _postorder(graph: Graph, roots) -> list[str]:
+    """Depth-first, iteratively (deep chains never hit a recursion limit);
+    a cycle is reported with its path."""
+    order: list[str] = []
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    for root in roots:
         if root in state:
             continue
         stack = [(root, iter(graph.deps[root]))]
@@ -568,6 +554,8 @@ def _check_cycles(graph: Graph) -> None:
             else:
                 stack.pop()
                 state[node] = 2
+                order.append(node)
+    return order
 
 
 def select(graph: Graph, names: list[str]) -> list[str]:

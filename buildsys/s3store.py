@@ -173,13 +173,7 @@ class S3Store:
             body = self._call("reading an action result", self.client.get_object, Key=self.result_key(key))["Body"].read()
         except KeyError:
             return None
-        try:
-            result = ActionResult.from_bytes(body)
-        except (ValueError, TypeError, KeyError, AttributeError):
-            raise CorruptEntry(f"action result {key[:12]} in {self.url} is not valid") from None
-        if result.key != key:
-            raise CorruptEntry(f"action result {key[:12]} in {self.url} names another key")
-        return result
+        return ActionResult.parse(body, key, str(self.url))
 
     def put_result(self, result: ActionResult) -> None:
         data = result.to_bytes()

@@ -64,6 +64,17 @@ class ActionResult:
     def from_bytes(cls, data: bytes) -> "ActionResult":
         return cls.from_json(json.loads(data))
 
+    @classmethod
+    def parse(cls, data: bytes, key: str, where: str) -> "ActionResult":
+        """A stored result, checked to be well-formed and to be the one for `key`."""
+        try:
+            result = cls.from_bytes(data)
+        except (ValueError, TypeError, KeyError, AttributeError):
+            raise CorruptEntry(f"action result {key[:12]} in {where} is not valid") from None
+        if result.key != key:
+            raise CorruptEntry(f"action result {key[:12]} in {where} names another key")
+        return result
+
     def output(self, path: str) -> OutputEntry | None:
         for o in self.outputs:
             if o.path == path or o.path == path + "/":
@@ -205,13 +216,7 @@ class LocalStore:
                 data = f.read()
         except FileNotFoundError:
             return None
-        try:
-            result = ActionResult.from_bytes(data)
-        except (ValueError, TypeError, KeyError, AttributeError):
-            raise CorruptEntry(f"action result {key[:12]} in {self.ac} is not valid JSON") from None
-        if result.key != key:
-            raise CorruptEntry(f"action result {key[:12]} in {self.ac} names another key")
-        return result
+        return ActionResult.parse(data, key, self.ac)
 
     def put_result(self, result: ActionResult) -> None:
         data = result.to_bytes()
