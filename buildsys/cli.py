@@ -50,7 +50,9 @@ def _split_overrides(words: list[str]) -> tuple[list[str], dict[str, str]]:
     return targets, overrides
 
 
-def load_context(args, wanted=()) -> Context:
+def load_context(args, wanted=(), shared=True) -> Context:
+    """Parse, expand and open the stores; `shared=False` for commands that
+    never read results (list, graph, clean), so they work offline."""
     from .graph import build_graph
     from .parse import load
     from .store import LocalStore
@@ -62,7 +64,7 @@ def load_context(args, wanted=()) -> Context:
     graph = build_graph(model, getattr(args, "overrides", {}), root, wanted=wanted)
     store_dir = getattr(args, "store", None) or os.environ.get("BB_STORE") or graph.settings.store or STATE_DIR
     store = LocalStore(os.path.join(root, os.path.expanduser(store_dir)))
-    url = _cache_url(args, graph.settings)
+    url = _cache_url(args, graph.settings) if shared else ""
     if url:
         store = _shared(store, url, args, graph.settings)
     return Context(root, path, graph, Workspace(root), store, model.sources)
@@ -281,7 +283,7 @@ def cmd_why(args) -> int:
 
 def cmd_list(args) -> int:
     args.overrides = {}
-    ctx = load_context(args)
+    ctx = load_context(args, shared=False)
     rows = []
     for t in ctx.graph.targets.values():
         rows.append({
@@ -315,7 +317,7 @@ def cmd_graph(args) -> int:
     from .graph import select
 
     targets, args.overrides = _split_overrides(args.targets)
-    ctx = load_context(args, wanted=targets)
+    ctx = load_context(args, wanted=targets, shared=False)
     names = ctx.graph.closure(select(ctx.graph, targets)) if targets else list(ctx.graph.targets)
     print(to_mermaid(ctx.graph, names) if args.format == "mermaid" else to_dot(ctx.graph, names))
     return 0
@@ -328,7 +330,7 @@ def cmd_clean(args) -> int:
     from .materialize import remove_outputs
 
     targets, args.overrides = _split_overrides(args.targets)
-    ctx = load_context(args, wanted=targets)
+    ctx = load_context(args, wanted=targets, shared=False)
     names = select(ctx.graph, targets) if targets else list(ctx.graph.targets)
     removed = 0
     for name in names:
