@@ -6,7 +6,6 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
 
 from . import __version__
 from .errors import BatchfileError, BBError, BuildFailed, Interrupted, UsageError
@@ -15,14 +14,14 @@ COMMANDS = ("build", "plan", "why", "list", "graph", "clean", "cache")
 BATCHFILE_NAMES = ("Batchfile", "batchfile", "Batchfile.bb")
 
 
-@dataclass
 class Context:
-    root: str
-    batchfile: str
-    graph: object
-    workspace: object
-    store: object
-    sources: tuple = ()  # the Batchfile and its includes
+    """What a command works on. (A plain class: dataclasses cost a no-op build
+    more to import than the rest of its work.)"""
+
+    def __init__(self, root, batchfile, graph, workspace, store, sources=()):
+        self.root, self.batchfile, self.graph = root, batchfile, graph
+        self.workspace, self.store = workspace, store
+        self.sources = sources  # the Batchfile and its includes
 
 
 def _find_batchfile(explicit: str | None) -> str:
@@ -56,7 +55,8 @@ def load_context(args, wanted=(), shared=True) -> Context:
     from .graph import build_graph
     from .parse import load
     from .store import LocalStore
-    from .workspace import STATE_DIR, Workspace
+    from . import STATE_DIR
+    from .workspace import Workspace
 
     path = _find_batchfile(args.file)
     root = os.path.dirname(os.path.abspath(path))
@@ -165,16 +165,15 @@ def _work(ctx, reports) -> dict:
     return {n: r for n, r in reports.items() if not ctx.graph.is_alias(n)}
 
 
-def _summary(reports, seconds) -> dict:
+def _summary(entries, seconds) -> dict:
     counts: dict[str, int] = {}
-    for r in reports.values():
-        counts[r.status] = counts.get(r.status, 0) + 1
+    for e in entries:
+        counts[e["status"]] = counts.get(e["status"], 0) + 1
     return {"counts": counts, "seconds": round(seconds, 3)}
 
 
 def _stamp(args) -> str:
-    from . import noop
-    from .workspace import STATE_DIR
+    from . import STATE_DIR, noop
 
     path = os.path.abspath(_find_batchfile(args.file))
     targets, overrides = _split_overrides(args.targets)
@@ -182,13 +181,14 @@ def _stamp(args) -> str:
     return noop.stamp_path(os.path.join(os.path.dirname(path), STATE_DIR), identity)
 
 
-def _report(args, reports, seconds) -> None:
-    summary = _summary(reports, seconds)
+def _report(args, entries: list[dict], seconds) -> None:
+    """The closing line, and the --json report: entries are TargetReport.to_json() dicts."""
+    summary = _summary(entries, seconds)
     if getattr(args, "cache_stats", None):
         summary["cache"] = args.cache_stats
-    failed = [r for r in reports.values() if r.status == "failed"]
+    failed = [e for e in entries if e["status"] == "failed"]
     if args.json:
-        print(json.dumps({"targets": [r.to_json() for r in reports.values()], "summary": summary, "ok": not failed}, indent=2))
+        print(json.dumps({"targets": entries, "summary": summary, "ok": not failed}, indent=2))
     if not args.quiet:
         parts = ", ".join(f"{n} {s}" for s, n in sorted(summary["counts"].items())) or "nothing to do"
         cache = summary.get("cache")
@@ -201,21 +201,21 @@ def cmd_build(args) -> int:
     if args.dry_run:
         return cmd_plan(args, recipes=True)
     from . import noop
-    from .report import TargetReport
 
     t0 = time.time()
     stamp = _stamp(args)
     if not args.always_make:
         current = noop.check(stamp)
         if current is not None:
-            _report(args, {name: TargetReport(name, "cached", key) for name, key in current}, time.time() - t0)
+            entries = [{"target": name, "status": "cached", "key": key, "duration": 0.0} for name, key in current]
+            _report(args, entries, time.time() - t0)
             return 0
     ctx, roots, reports, seconds = _run(args, dry_run=False)
     reports = _work(ctx, reports)
     failed = [r for r in reports.values() if r.status == "failed"]
     if not failed:
         noop.write(stamp, ctx, roots, reports)
-    _report(args, reports, seconds)
+    _report(args, [r.to_json() for r in reports.values()], seconds)
     if failed:
         names = ", ".join(f"'{r.name}'" for r in failed[:5])
         raise BuildFailed(f"{len(failed)} target(s) failed: {names}.", hint="Their output is shown above; fix and run again (finished targets are kept).")

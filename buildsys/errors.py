@@ -1,7 +1,6 @@
 """Errors a user can act on. Each one prints as one paragraph, never a traceback."""
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 
 
@@ -58,6 +57,8 @@ class Interrupted(BBError):
 
 
 def did_you_mean(word: str, choices) -> str:
+    import difflib
+
     close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.6)
     if not close:
         return ""

@@ -8,10 +8,10 @@ import json
 import os
 import re
 
+from . import STATE_DIR
 from .digest import StatCache
 from .store import ActionResult
 
-STATE_DIR = ".bb"
 
 
 class Workspace:
