@@ -113,6 +113,7 @@ def pull(args) -> int:
         absent = [n for n in wanted if n not in planner.results and not ctx.graph.targets[n].phony]
         present = [n for n in wanted if n in planner.results]
         progress = _Progress(len(present), "downloading outputs")
+        tiered.fetch_many(o.digest for n in present for o in planner.results[n].outputs)
         for name in present:
             materialize(tiered, ctx.workspace.stats, ctx.root, planner.results[name].outputs)
             ctx.workspace.record(name, planner.results[name])

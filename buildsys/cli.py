@@ -146,6 +146,13 @@ def _bring_home(ctx, planner, sched, roots, ui):
     from .store import CorruptEntry
 
     broken = []
+    wanted = [n for n in ctx.graph.behind_aliases(roots) if n in planner.results and sched.reports[n].status == "cached"]
+    # download every needed blob at once, not one target after another; a bad
+    # blob is dealt with below, target by target
+    try:
+        ctx.store.fetch_many(o.digest for n in wanted for o in planner.results[n].outputs)
+    except CorruptEntry:
+        pass
     for name in ctx.graph.behind_aliases(roots):
         result = planner.results.get(name)
         if result is not None and sched.reports[name].status == "cached":

@@ -35,6 +35,9 @@ class TieredStore:
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=TRANSFER_THREADS, thread_name_prefix="bb-s3")
+        # blob transfers get their own threads: a result's upload waits on its
+        # blobs' uploads, which must never wait for a free result thread
+        self._blob_pool = ThreadPoolExecutor(max_workers=TRANSFER_THREADS, thread_name_prefix="bb-s3-blob")
         self._uploads = []
         self._errors: list[BaseException] = []
         self._bad: set[str] = set()  # digests whose shared copy is missing or corrupt
@@ -142,7 +145,7 @@ class TieredStore:
     def fetch_many(self, digests) -> None:
         """Download blobs concurrently (materializing a tree, pulling outputs)."""
         todo = [d for d in dict.fromkeys(digests) if not self.local.has_blob(d)]
-        for future in [self._pool.submit(self._ensure_local, d) for d in todo]:
+        for future in [self._blob_pool.submit(self._ensure_local, d) for d in todo]:
             future.result()
 
     def read_bytes(self, digest: str) -> bytes:
@@ -170,8 +173,12 @@ class TieredStore:
 
     def _upload(self, result: ActionResult) -> None:
         try:
-            for digest in dict.fromkeys(self.blobs_of(result)):
-                self.remote.upload_blob(self.local.blob_path(digest), digest, force=digest in self._bad)
+            blobs = [
+                self._blob_pool.submit(self.remote.upload_blob, self.local.blob_path(d), d, force=d in self._bad)
+                for d in dict.fromkeys(self.blobs_of(result))
+            ]
+            for future in blobs:
+                future.result()
             self.remote.put_result(result)  # last: it names the blobs above
             with self._guard:
                 self.uploaded_results += 1
@@ -228,6 +235,7 @@ class TieredStore:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        self._blob_pool.shutdown(wait=True)
 
     def stats(self) -> dict:
         return {
