@@ -52,12 +52,17 @@ def tree_manifest(entries: dict[str, FileDigest]) -> bytes:
     return json.dumps(listing, separators=(",", ":")).encode()
 
 
+def is_racy(mtime_ns: int, now: float) -> bool:
+    """Could this file change again without its mtime changing? Only if it was
+    modified within one timestamp tick of now (git's racy-clean rule). Whole-
+    second mtimes suggest a coarse filesystem (2 s ticks on FAT); others tick
+    in nanoseconds to milliseconds."""
+    window = 2.0 if mtime_ns % 1_000_000_000 == 0 else 0.05
+    return now - mtime_ns / 1e9 < window
+
+
 class StatCache:
     """path -> digest, trusted while the file's stat is unchanged."""
-
-    # A file modified within this window of its hashing could change again
-    # inside one mtime tick; such entries are not trusted (git's racy-clean rule).
-    RACY_SECONDS = 2.0
 
     def __init__(self, path: str | None):
         self.path = path
@@ -82,7 +87,7 @@ class StatCache:
         return FileDigest(digest, st.st_size, executable)
 
     def remember(self, path: str, st: os.stat_result, digest: str) -> None:
-        if time.time() - st.st_mtime_ns / 1e9 < self.RACY_SECONDS:
+        if is_racy(st.st_mtime_ns, time.time()):
             self.entries.pop(path, None)
             return
         self.entries[path] = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, digest]

@@ -18,9 +18,6 @@ import time
 
 from . import __version__
 
-RACY_SECONDS = 2.0  # as in the stat cache: a just-modified file might change again unseen
-
-
 def _sig(path: str):
     try:
         st = os.stat(path)
@@ -30,9 +27,9 @@ def _sig(path: str):
 
 
 def stamp_path(state_dir: str, identity: list) -> str:
-    from .digest import hash_bytes
+    from blake3 import blake3  # not .digest: the no-op path skips its imports
 
-    name = hash_bytes(json.dumps([__version__] + identity).encode())[:32]
+    name = blake3(json.dumps([__version__] + identity).encode()).hexdigest()[:32]
     return os.path.join(state_dir, "noop", name)
 
 
@@ -68,6 +65,8 @@ def _walk(top: str, files: dict, dirs: dict) -> None:
 
 
 def write(path: str, ctx, roots: list[str], reports: dict) -> None:
+    from .digest import is_racy
+
     graph, root = ctx.graph, ctx.root
     started = time.time()
     files: dict = {}
@@ -108,7 +107,7 @@ def write(path: str, ctx, roots: list[str], reports: dict) -> None:
                 outputs[p] = _sig(p)
     sources = {os.path.abspath(s): _sig(s) for s in ctx.sources}
     sigs = [sig for group in (files, dirs, outputs, sources) for sig in group.values()]
-    if any(sig is not None and started - sig[1] / 1e9 < RACY_SECONDS for sig in sigs):
+    if any(sig is not None and is_racy(sig[1], started) for sig in sigs):
         return  # something changed just now; let the next run take the full path
     stamp = {
         "sources": sources,
