@@ -10,7 +10,7 @@ import time
 from . import __version__
 from .errors import BatchfileError, BBError, BuildFailed, Interrupted, UsageError
 
-COMMANDS = ("build", "plan", "why", "list", "graph", "clean", "cache")
+COMMANDS = ("build", "plan", "why", "log", "list", "graph", "clean", "cache")
 BATCHFILE_NAMES = ("Batchfile", "batchfile", "Batchfile.bb")
 
 
@@ -288,6 +288,33 @@ def cmd_why(args) -> int:
 # ---- inspection ---------------------------------------------------------------------
 
 
+def cmd_log(args) -> int:
+    """The output of a target's last run: a failed run's saved log, else what
+    its last successful build printed (kept in the store)."""
+    from .graph import select
+
+    args.overrides = {}
+    ctx = load_context(args, wanted=[args.target])
+    name = select(ctx.graph, [args.target])[0]
+    failed_log = ctx.workspace.failed_log_path(name)
+    entry = ctx.workspace.last_result_any(name)
+    if os.path.exists(failed_log) and (entry is None or os.path.getmtime(failed_log) > entry.started + entry.duration):
+        print(f"bb: the last run of '{name}' failed; its output:", file=sys.stderr)
+        with open(failed_log, "rb") as f:
+            sys.stdout.write(f.read().decode("utf-8", "replace"))
+        return 0
+    if entry is None:
+        raise BBError(f"'{name}' has not been built in this workspace yet.", hint=f"Run 'bb build {name}'.")
+    if not entry.log:
+        print(f"bb: the last build of '{name}' printed nothing.", file=sys.stderr)
+        return 0
+    try:
+        sys.stdout.write(ctx.store.read_bytes(entry.log).decode("utf-8", "replace"))
+    except (OSError, KeyError):
+        raise BBError(f"the output of '{name}' is no longer in the store (garbage-collected).") from None
+    return 0
+
+
 def cmd_list(args) -> int:
     args.overrides = {}
     ctx = load_context(args, shared=False)
@@ -405,6 +432,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target")
     p.add_argument("overrides_words", nargs="*", metavar="VAR=VALUE")
     p.set_defaults(func=cmd_why)
+
+    p = sub.add_parser("log", parents=[common], help="print what a target's last run printed")
+    p.add_argument("target")
+    p.set_defaults(func=cmd_log)
 
     p = sub.add_parser("list", parents=[common], help="list the targets")
     p.add_argument("--json", action="store_true")

@@ -62,11 +62,18 @@ class Workspace:
                 os.makedirs(path, exist_ok=True)
             self._dirs.add(path)
 
+    def last_result_any(self, target: str) -> ActionResult | None:
+        """The target's last successful result, whatever its key."""
+        entry = self._entries().get(target)
+        return self.last_result(target, entry["key"]) if entry else None
+
+    def failed_log_path(self, target: str) -> str:
+        return os.path.join(self.state, "logs", re.sub(r"[^A-Za-z0-9._-]+", "_", target) + ".log")
+
     def write_log(self, target: str, output: bytes) -> str:
         """Save a failed recipe's output where the user can read it."""
-        folder = os.path.join(self.state, "logs")
-        self.ensure_dir(folder)
-        path = os.path.join(folder, re.sub(r"[^A-Za-z0-9._-]+", "_", target) + ".log")
+        path = self.failed_log_path(target)
+        self.ensure_dir(os.path.dirname(path))
         with open(path, "wb") as f:
             f.write(output)
         return os.path.relpath(path)

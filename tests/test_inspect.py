@@ -419,3 +419,23 @@ def test_noop_build_does_not_import_lark(project, tmp_path):
     loaded = _imported(again.stderr)
     assert "buildsys" in loaded, "sanity: importtime output was read"
     assert not loaded & set(HEAVY), sorted(loaded & set(HEAVY))
+
+
+def test_log_shows_the_last_output(project):
+    project.batchfile("""
+        out.txt:
+            echo "training loss 0.42"
+            echo done > $@
+
+        bad.txt:
+            echo "about to fail"
+            exit 1
+    """)
+    project.build("out.txt")
+    proc = project.bb("log", "out.txt", check=0)
+    assert "training loss 0.42" in proc.stdout
+    project.bb("build", "bad.txt", check=1)
+    proc = project.bb("log", "bad.txt", check=0)
+    assert "about to fail" in proc.stdout and "failed" in proc.stderr
+    proc = project.bb("log", "nope.txt", check=2)
+    assert "no target named" in proc.stderr
