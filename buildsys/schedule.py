@@ -51,6 +51,7 @@ class Scheduler:
                 dependents[dep].append(name)
         ready = deque(name for name in order if waiting[name] == 0)
         running: dict = {}  # future -> (target, slots it holds)
+        runnable: deque = deque()  # (target, action): must run, waiting for job slots
         free = self.jobs
         stopping = False
         self.ui.begin(len(order))
@@ -66,10 +67,9 @@ class Scheduler:
         if shared:
             self.planner.store.load_bundle(self.planner.bundle_name(order))
         try:
-            while ready or running:
+            while ready or running or (runnable and not stopping):
                 if shared and not self.always:
                     self._prefetch(ready)
-                deferred = deque()
                 while ready and not stopping:
                     name = ready.popleft()
                     target = self.graph.targets[name]
@@ -84,8 +84,9 @@ class Scheduler:
                             del self.reports[dep]
                             self.planner.results.pop(dep, None)
                             self.force.add(dep)
+                            started = {n for n, _ in runnable} | {n for n, _ in running.values()}
                             for d in dependents[dep]:
-                                if d not in self.reports and d != name:
+                                if d not in self.reports and d != name and d not in started:
                                     if d in ready:
                                         ready.remove(d)
                                     waiting[d] += 1
@@ -95,12 +96,16 @@ class Scheduler:
                     if isinstance(outcome, TargetReport):
                         self._finish(outcome)
                         release(name)
-                        continue
-                    action = outcome
+                    else:
+                        runnable.append((name, outcome))
+                # Start what fits in the free job slots, in order.
+                while runnable and not stopping:
+                    name, action = runnable[0]
+                    target = self.graph.targets[name]
                     need = min(target.attrs.cpus, self.jobs)
                     if need > free and running:
-                        deferred.append(name)
-                        continue
+                        break
+                    runnable.popleft()
                     free -= need
                     self.ui.start(name)
                     if pool is None:  # imported and started only when a recipe runs
@@ -108,9 +113,8 @@ class Scheduler:
 
                         pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="bb-run")
                     running[pool.submit(self._execute, target, action)] = (name, need)
-                ready.extendleft(reversed(deferred))
                 if not running:
-                    if stopping or not ready:
+                    if stopping or not (ready or runnable):
                         break
                     continue
                 from concurrent.futures import FIRST_COMPLETED, wait
