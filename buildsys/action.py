@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from .digest import hash_bytes
 
-SCHEMA = "bb-action-1"
+SCHEMA = "bb-action-2"
 
 
 @dataclass(frozen=True)
@@ -29,11 +29,11 @@ class Action:
     variables: tuple[tuple[str, str], ...] = ()  # explanation only, not in the key
 
     def canonical(self) -> bytes:
-        # The target's name is not part of the key: two rules doing the same
-        # work on the same inputs into the same paths share a result.
-        body = self.to_json()
-        del body["target"], body["variables"]
-        return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+        # A JSON list in a fixed field order. The target's name is not part of
+        # the key: two rules doing the same work on the same inputs into the
+        # same paths share a result.
+        body = [self.schema, self.recipe, self.inputs, self.outputs, self.params, self.env, self.environment]
+        return json.dumps(body, separators=(",", ":")).encode()
 
     def key(self) -> str:
         return hash_bytes(self.canonical())

@@ -480,6 +480,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    import gc
+
+    # Planning allocates many small objects and few cycles: collect rarely.
+    gc.set_threshold(100_000, 50, 100)
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
     if not argv or not any(a in COMMANDS for a in argv) and not any(a in ("-h", "--help", "--version") for a in argv):

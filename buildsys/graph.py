@@ -126,6 +126,9 @@ def expand_recipe(text: str, scope: dict, where: Location) -> str:
     """Expand a recipe word by word; a word holding a list variable becomes one
     word per item, as in rule headers (out/$(SETS).csv -> out/a.csv out/b.csv)."""
 
+    if not any(m.group(2) and isinstance(scope.get(m.group(2)), tuple) for m in REF.finditer(text)):
+        return expand(text, scope, where, recipe=True)  # no list inside: one pass
+
     def word(m):
         w = m.group(0)
         if "$" not in w:
@@ -386,11 +389,16 @@ def build_graph(model: Batchfile, overrides: dict[str, str] | None = None, root:
     def made_by(path: str) -> str | None:
         return _maker(producer, made_dirs, path)
 
+    seen_on_disk: dict[str, bool] = {}
+
     def exists(path: str) -> bool:
-        # The answer depends on the folder's listing: a fast no-op check
-        # watches that folder for entries coming or going.
-        watched.add(os.path.dirname(path.rstrip("/")) or ".")
-        return os.path.lexists(path if os.path.isabs(path) else os.path.join(root, path))
+        hit = seen_on_disk.get(path)
+        if hit is None:
+            # The answer depends on the folder's listing: a fast no-op check
+            # watches that folder for entries coming or going.
+            watched.add(os.path.dirname(path.rstrip("/")) or ".")
+            hit = seen_on_disk[path] = os.path.lexists(path if os.path.isabs(path) else os.path.join(root, path))
+        return hit
 
     # Pattern rules are instantiated for paths that need a maker: a work list,
     # so chains of pattern rules (a.c -> a.o -> a) never recurse.
@@ -487,11 +495,12 @@ def build_graph(model: Batchfile, overrides: dict[str, str] | None = None, root:
 
 
 def _used_variables(rule: Rule, scope: dict, memo: dict) -> tuple:
-    if rule not in memo:
+    key = id(rule)  # hashing a frozen rule hashes all its fields: slow on big graphs
+    if key not in memo:
         text = " ".join((rule.recipe or "",) + rule.outputs + rule.inputs)
         names = dict.fromkeys(m.group(2) for m in REF.finditer(text) if m.group(2) in scope)
-        memo[rule] = tuple((n, _flat(scope[n])) for n in names)
-    return memo[rule]
+        memo[key] = tuple((n, _flat(scope[n])) for n in names)
+    return memo[key]
 
 
 def _neighbours(path: str, root: str) -> list[str]:

@@ -58,6 +58,7 @@ class Planner:
         self.results: dict[str, ActionResult] = {}  # target -> the result its outputs came from
         self.warnings: list[str] = []
         self._manifests: dict[str, dict] = {}
+        self._sources: dict[str, str] = {}  # source input -> digest, this run
         self._environment: dict[str, tuple] = {}
 
     # -- digests ----------------------------------------------------------------
@@ -84,11 +85,18 @@ class Planner:
                         )
                     return fd.digest
             raise Unknown(path, maker)
+        known = self._sources.get(path)
+        if known is not None:
+            return known
         full = path if os.path.isabs(path) else os.path.join(self.workspace.root, path)
         try:
             if os.path.isdir(full):
-                return hash_bytes(tree_manifest(self.workspace.stats.tree(full)))
-            return self.workspace.stats.file(full).digest
+                digest = hash_bytes(tree_manifest(self.workspace.stats.tree(full)))
+            else:
+                digest = self.workspace.stats.file(full).digest
+            # Source files are read once per run: recipes must not change them.
+            self._sources[path] = digest
+            return digest
         except FileNotFoundError:
             raise InputMissing(
                 f"input '{path}' does not exist.",

@@ -149,12 +149,16 @@ class LocalStore:
         self.cas = os.path.join(root, "cas")
         self.ac = os.path.join(root, "ac")
         self._made: set[str] = set()  # shard folders known to exist
+        # Listings of action-cache shards, read once: a miss then costs no
+        # open() (100,000 misses would cost seconds). A result written since by
+        # another process is missed at worst, which only means a rebuild.
+        self._listed: dict[str, set[str]] = {}
 
     def blob_path(self, digest: str) -> str:
-        return os.path.join(self.cas, digest[:2], digest)
+        return f"{self.cas}/{digest[:2]}/{digest}"
 
     def result_path(self, key: str) -> str:
-        return os.path.join(self.ac, key[:2], key)
+        return f"{self.ac}/{key[:2]}/{key}"
 
     def _atomic(self, final: str, write) -> None:
         parent = os.path.dirname(final)
@@ -211,6 +215,15 @@ class LocalStore:
         self.remove(self.blob_path(digest))
 
     def get_result(self, key: str) -> ActionResult | None:
+        shard = key[:2]
+        listed = self._listed.get(shard)
+        if listed is None:
+            try:
+                listed = self._listed[shard] = set(os.listdir(f"{self.ac}/{shard}"))
+            except FileNotFoundError:
+                listed = self._listed[shard] = set()
+        if key not in listed:
+            return None
         try:
             with open(self.result_path(key), "rb") as f:
                 data = f.read()
@@ -220,6 +233,9 @@ class LocalStore:
 
     def put_result(self, result: ActionResult) -> None:
         data = result.to_bytes()
+        listed = self._listed.get(result.key[:2])
+        if listed is not None:
+            listed.add(result.key)
 
         def write(tmp):
             with open(tmp, "wb") as f:
