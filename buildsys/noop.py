@@ -18,6 +18,15 @@ import time
 
 from . import __version__
 
+def _env_digest(name: str) -> str | None:
+    """Declared variables are compared by digest: their values (tokens,
+    passwords) never sit in the stamp in clear."""
+    from blake3 import blake3
+
+    value = os.environ.get(name)
+    return None if value is None else blake3(value.encode()).hexdigest()
+
+
 def _sig(path: str):
     try:
         st = os.stat(path)
@@ -46,7 +55,7 @@ def check(path: str) -> list | None:
                 if _sig(p) != sig:
                     return None
         for name, value in stamp["env"].items():
-            if os.environ.get(name) != value:
+            if _env_digest(name) != value:
                 return None
         return stamp["report"]
     except (KeyError, TypeError, AttributeError):
@@ -83,7 +92,7 @@ def write(path: str, ctx, roots: list[str], reports: dict) -> None:
     for name in order:
         target = graph.targets[name]
         for n in target.attrs.env:
-            env[n] = os.environ.get(n)
+            env[n] = _env_digest(n)
         for inp in target.inputs:
             if inp in graph.targets or graph.producer_of(inp.rstrip("/")) is not None:
                 continue
