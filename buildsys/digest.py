@@ -42,8 +42,6 @@ class FileDigest:
     executable: bool = False
 
 
-TREE_KIND = "tree"
-FILE_KIND = "file"
 
 
 def tree_manifest(entries: dict[str, FileDigest]) -> bytes:

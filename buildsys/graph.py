@@ -62,7 +62,6 @@ class Graph:
     producer: dict[str, str]  # output path (no trailing slash) -> target
     default: str | None
     settings: Settings
-    variables: dict[str, str | tuple[str, ...]] = field(default_factory=dict)
     dirs: set[str] = field(default_factory=set)  # directory outputs, no trailing slash
     watched: set[str] = field(default_factory=set)  # folders whose listing shaped the graph
 
@@ -402,12 +401,11 @@ def build_graph(model: Batchfile, overrides: dict[str, str] | None = None, root:
 
     # Pattern rules are instantiated for paths that need a maker: a work list,
     # so chains of pattern rules (a.c -> a.o -> a) never recurse.
-    work = [(i, p) for p in pending for i in p.inputs if not _is_glob(i)]
-    work.extend((w, None) for w in wanted)
+    work = [i for p in pending for i in p.inputs if not _is_glob(i)]
+    work.extend(wanted)
     seen_paths = set()
     while work and patterns:
-        path, needer = work.pop()
-        path = _normalize_input(path)
+        path = _normalize_input(work.pop())
         if path in seen_paths or made_by(path) is not None:
             continue
         seen_paths.add(path)
@@ -427,7 +425,7 @@ def build_graph(model: Batchfile, overrides: dict[str, str] | None = None, root:
                 if o.endswith("/"):
                     made_dirs.add(o.rstrip("/"))
             pending.append(inst)
-            work.extend((i, inst) for i in ins if not _is_glob(i))
+            work.extend(i for i in ins if not _is_glob(i))
             break
 
     # Globs match files on disk and outputs that targets will make.
@@ -489,7 +487,7 @@ def build_graph(model: Batchfile, overrides: dict[str, str] | None = None, root:
             hint="Create them, fix the paths, or add rules that make them.",
             detail="\n".join(lines),
         )
-    graph = Graph(targets, deps, producer, default, settings, scope, made_dirs, watched)
+    graph = Graph(targets, deps, producer, default, settings, made_dirs, watched)
     _postorder(graph, graph.targets)  # raises on a cycle
     return graph
 

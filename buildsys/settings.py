@@ -57,20 +57,19 @@ def _positive_int(value, where, name):
     return int(value)
 
 
-# name -> (validator, what it is for)
 KNOWN = {
-    "store": (_string, "local store folder (default .bb)"),
-    "cache": (_cache_url, "shared cache, such as s3://bucket/prefix"),
-    "cache_mode": (_cache_mode, "read-write (default) or read-only: use the shared cache but never write to it"),
-    "endpoint": (_string, "S3-compatible endpoint URL (else AWS_ENDPOINT_URL or AWS itself)"),
-    "image": (_string, "default container image for remote work"),
-    "requirements": (_string, "requirements or lock file; its digest enters every key"),
-    "registry": (_string, "container registry to push the image to"),
-    "queue": (_string, "AWS Batch job queue"),
-    "region": (_region, "AWS region"),
-    "env": (_names, "environment variables every recipe sees (they enter the keys)"),
-    "shell": (_string, "shell that runs recipes (default /bin/sh)"),
-    "jobs": (_positive_int, "default for -j"),
+    "store": _string,  # local store folder (default .bb)
+    "cache": _cache_url,  # shared cache, such as s3://bucket/prefix
+    "cache_mode": _cache_mode,  # read-write (default) or read-only: use the shared cache but never write to it
+    "endpoint": _string,  # S3-compatible endpoint URL (else AWS_ENDPOINT_URL or AWS itself)
+    "image": _string,  # default container image for remote work
+    "requirements": _string,  # requirements or lock file; its digest enters every key
+    "registry": _string,  # container registry to push the image to
+    "queue": _string,  # AWS Batch job queue
+    "region": _region,  # AWS region
+    "env": _names,  # environment variables every recipe sees (they enter the keys)
+    "shell": _string,  # shell that runs recipes (default /bin/sh)
+    "jobs": _positive_int,  # default for -j
 }
 
 
@@ -101,5 +100,5 @@ def resolve(settings: tuple[Setting, ...], expand) -> Settings:
                 hint=did_you_mean(s.name, KNOWN) or "Known settings: " + ", ".join(KNOWN) + ".",
             )
         raw = tuple(expand(v, s.location) for v in s.value) if isinstance(s.value, tuple) else expand(s.value, s.location)
-        values[s.name] = KNOWN[s.name][0](raw, s.location, s.name)
+        values[s.name] = KNOWN[s.name](raw, s.location, s.name)
     return Settings(**values)
