@@ -84,13 +84,9 @@ def push(args) -> int:
     missing = [n for n, r in reports.items() if n not in planner.results and not ctx.graph.targets[n].phony]
     progress = _Progress(len(results), "uploading results")
     try:
-        for i in range(0, len(results), 64):
-            chunk = results[i : i + 64]
-            tiered.push(chunk)
-            progress.step(len(chunk))
-        order = ctx.graph.closure(roots)
-        if results:
-            tiered.remote.put_bundle(planner.bundle_name(order), {r.key: r.to_json() for r in results})
+        tiered.load_bundle(planner.bundle_name(ctx.graph.closure(roots)))
+        tiered.push(results, on_done=progress.step)
+        tiered.share({r.key: r for r in results})  # the plan's bundle, merged
     finally:
         progress.close()
         tiered.close()

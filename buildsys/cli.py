@@ -123,6 +123,7 @@ def _run(args, *, dry_run: bool):
             _bring_home(ctx, planner, sched, roots, ui)
             if shared:
                 ctx.store.finish(planner.results)
+                ctx.store.share(planner.results)
     except KeyboardInterrupt:
         raise Interrupted(
             "interrupted. Running recipes were stopped; nothing unfinished was recorded.",

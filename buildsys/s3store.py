@@ -204,6 +204,19 @@ class S3Store:
         except KeyError:
             return False
 
+    def missing_blobs(self, digests) -> set[str]:
+        """Which of these blobs the bucket lacks, from listings of their shards."""
+        wanted = set(digests)
+        present: set[str] = set()
+        paginator = self.client.get_paginator("list_objects_v2")
+        for shard in sorted({d[:2] for d in wanted}):
+            try:
+                for page in paginator.paginate(Bucket=self.url.bucket, Prefix=self._key("cas", shard) + "/"):
+                    present.update(o["Key"].rsplit("/", 1)[-1] for o in page.get("Contents", ()))
+            except Exception as err:
+                raise _explain(err, self.url, "listing blobs") from None
+        return wanted - present
+
     def upload_blob(self, path: str, digest: str, force: bool = False) -> bool:
         """Upload unless present (force: replace a copy found corrupt); True if bytes were sent."""
         if not force and self.has_blob(digest):

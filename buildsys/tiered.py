@@ -19,6 +19,7 @@ from .s3store import S3Store
 from .store import ActionResult, CorruptEntry, LocalStore
 
 TRANSFER_THREADS = 16
+LIST_ABOVE = 1000  # blobs to upload above which the bucket is listed instead of asked blob by blob
 
 
 class TieredStore:
@@ -171,11 +172,18 @@ class TieredStore:
                 digests.extend(fd.digest for fd in read_manifest(self.local, out.digest).values())
         return digests
 
-    def _upload(self, result: ActionResult) -> None:
+    def _upload(self, result: ActionResult, absent: set[str] | None = None) -> None:
+        """Blobs, then the result. `absent`: the blobs known missing remotely
+        (from a listing); otherwise each blob is checked before it is sent."""
         try:
+            digests = list(dict.fromkeys(self.blobs_of(result)))
+            if absent is None and len(digests) > LIST_ABOVE:
+                absent = self.remote.missing_blobs(digests)
+            if absent is not None:
+                digests = [d for d in digests if d in absent or d in self._bad]
             blobs = [
-                self._blob_pool.submit(self.remote.upload_blob, self.local.blob_path(d), d, force=d in self._bad)
-                for d in dict.fromkeys(self.blobs_of(result))
+                self._blob_pool.submit(self.remote.upload_blob, self.local.blob_path(d), d, force=absent is not None or d in self._bad)
+                for d in digests
             ]
             for future in blobs:
                 future.result()
@@ -186,11 +194,18 @@ class TieredStore:
         except BaseException as err:
             self._errors.append(err)
 
-    def push(self, results) -> None:
-        """Upload these results (and their blobs) now, concurrently."""
-        futures = [self._pool.submit(self._upload, r) for r in results]
+    def push(self, results, on_done=None) -> None:
+        """Upload these results (and their blobs) now, concurrently; `on_done`
+        is called as each one finishes (progress)."""
+        results = list(results)
+        digests = [d for r in results for d in self.blobs_of(r)]
+        # Many blobs: one listing per shard beats one HEAD per blob.
+        absent = self.remote.missing_blobs(digests) if len(digests) > LIST_ABOVE else None
+        futures = [self._pool.submit(self._upload, r, absent) for r in results]
         for f in futures:
             f.result()
+            if on_done:
+                on_done()
         self._raise_upload_errors()
 
     def _raise_upload_errors(self) -> None:
@@ -200,30 +215,32 @@ class TieredStore:
             raise err
 
     def finish(self, results: dict[str, ActionResult]) -> None:
-        """Wait for uploads; share the plan's bundle; keep shared hits locally
-        when their blobs are here."""
+        """Wait for uploads; keep shared hits locally when their blobs are here."""
         for future in self._uploads:
             future.result()
         self._uploads = []
         self._raise_upload_errors()
-        if not self.read_only:
-            # Local results the shared store may lack (an earlier upload was
-            # cut short, or they were built without the cache): share them.
-            # The plan's bundle, when there is one, says what is already shared.
-            self.push([
-                r for r in results.values()
-                if r.key not in self._bundle and r.key not in self._uploaded and self._remote_results.get(r.key) is None
-            ])
         for result in results.values():
             if result.key in self._remote_results and all(self.local.has_blob(d) for d in self.blobs_of_local(result)):
                 if result.log:
                     self._ensure_local(result.log)
                 self.local.put_result(result)
+
+    def share(self, results: dict[str, ActionResult]) -> None:
+        """After a build of a whole plan: share local results the shared
+        store may lack (an earlier upload was cut short, or they were built
+        without the cache; the plan's bundle says what is already there), then
+        the bundle itself, merged with what it held."""
+        if self.read_only or not results:
+            return
+        self.push([
+            r for r in results.values()
+            if r.key not in self._bundle and r.key not in self._uploaded and self._remote_results.get(r.key) is None
+        ])
         name = getattr(self, "_bundle_name", None)
-        if name and not self.read_only and results:
-            bundle = {r.key: r.to_json() for r in results.values()}
-            if bundle.keys() != self._bundle.keys():
-                self.remote.put_bundle(name, bundle)
+        ours = {r.key: r.to_json() for r in results.values()}
+        if name and not ours.keys() <= self._bundle.keys():
+            self.remote.put_bundle(name, {**self._bundle, **ours})
 
     def blobs_of_local(self, result: ActionResult) -> list[str]:
         """Blobs of a result, reading tree manifests only if they are local."""
