@@ -112,3 +112,16 @@ def test_cache_commands_need_a_shared_cache(project):
     project.write("src.txt", "x\n")
     proc = project.bb("cache", "push", check=2)
     assert "no shared cache is configured" in proc.stderr
+
+
+def test_pull_keeps_the_plan_bundle_whole(project, s3, tmp_path):
+    alice = person(tmp_path, "alice", s3)
+    alice.build(env=alice.env)
+    bob = person(tmp_path, "bob", s3)
+    bob.bb("cache", "pull", "all", env=bob.env, check=0)  # the same plan as alice's build
+    carol = person(tmp_path, "carol", s3)
+    report = carol.build(env=carol.env)
+    assert statuses(report, "built") == set()
+    cache = carol.last_report["summary"]["cache"]
+    blobs = len(s3.keys("cas/"))
+    assert cache["requests"] <= 2 + blobs, cache  # the probe, the bundle, the blobs
