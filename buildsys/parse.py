@@ -47,7 +47,7 @@ def _lark():
     if _parser is None:
         from lark import Lark
 
-        _parser = Lark(GRAMMAR.read_text(), parser="lalr", lexer="contextual", propagate_positions=True, cache=True)
+        _parser = Lark(GRAMMAR.read_text(), parser="lalr", lexer="contextual", cache=True)
     return _parser
 
 
