@@ -11,12 +11,14 @@ to <first workdir>/results.json). See bench/README.md for what is measured.
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime
 import hashlib
 import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import signal
 import statistics
@@ -63,7 +65,15 @@ TIME = "/usr/bin/time"  # GNU time: the peak RSS of the tool's own process tree
 WRAPPER_OVERHEAD = [0.0]
 # One file, rewritten by every run (on tmpfs when there is one), so that the
 # wrapper's cost is the same for every run and for calibrate().
-RSS_FILE = os.path.join("/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir(), f"bb-bench-rss.{os.getpid()}")  # seconds /usr/bin/time adds to a run, measured once and subtracted
+RSS_FILE = os.path.join("/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir(), f"bb-bench-rss.{os.getpid()}")
+
+
+@atexit.register
+def _remove_rss_file() -> None:
+    try:
+        os.unlink(RSS_FILE)
+    except OSError:
+        pass  # seconds /usr/bin/time adds to a run, measured once and subtracted
 
 
 def run(cmd: list[str], cwd: str, log: str, timeout: float | None = None) -> Run:
@@ -125,6 +135,15 @@ def calibrate(folder: str) -> None:
         subprocess.run([TIME, "-f", "%M", "-o", log, "true"], env=ENV)
         wrapped.append(time.perf_counter() - t0)
     WRAPPER_OVERHEAD[0] = max(0.0, statistics.median(wrapped) - statistics.median(direct))
+
+
+def _load() -> float:
+    """The 1-minute load average: other work on the machine skews every figure."""
+    try:
+        with open("/proc/loadavg") as f:
+            return float(f.read().split()[0])
+    except (OSError, ValueError):
+        return -1.0
 
 
 def _signal_group(pgid: int, sig) -> None:
@@ -254,7 +273,7 @@ def measure_pipeline(p: Pipeline, results: list, where: str) -> None:
     big = p.n > ARGS.extras_max_n
 
     def one(scenario: str, tool: str, *, prepare=None, expect_ran=None, repeat: int = 1, heavy=False):
-        row = {"where": where, "section": "pipeline", "shape": p.shape, "n": p.n, "scenario": scenario, "tool": tool, "jobs": p.jobs}
+        row = {"where": where, "section": "pipeline", "shape": p.shape, "n": p.n, "scenario": scenario, "tool": tool, "jobs": p.jobs, "load": _load()}
         if heavy and state[tool] != "ok":
             row.update(skipped=state[tool])
             results.append(row)
@@ -624,8 +643,8 @@ ARGS_TIMEOUT = [0.0]
 def pipeline_table(rows: list, where: str) -> list[str]:
     rows = [r for r in rows if r["section"] == "pipeline" and r["where"] == where]
     out = [
-        "| shape | N | -j | scenario | make | doit | bb | bb @for | bb/make | bb/doit | @for/make | @for/doit | recipes run make/doit/bb/@for | peak RSS MiB make/doit/bb/@for |",
-        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        "| shape | N | -j | scenario | make | doit | bb | bb @for | bb/make | bb/doit | @for/make | @for/doit | recipes run make/doit/bb/@for | peak RSS MiB make/doit/bb/@for | load before make/doit/bb/@for |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|",
     ]
     keys = list(dict.fromkeys((r["shape"], r["n"], r["scenario"]) for r in rows))
     for shape, n, scenario in keys:
@@ -637,11 +656,12 @@ def pipeline_table(rows: list, where: str) -> list[str]:
 
         ran = "/".join("—" if by.get(t) is None or by[t].get("ran") is None else str(by[t]["ran"]) for t in TOOLS)
         rss = "/".join("—" if by.get(t) is None or "maxrss_kb" not in by[t] else f"{by[t]['maxrss_kb'] / 1024:.0f}" for t in TOOLS)
+        load = "/".join("—" if by.get(t) is None or by[t].get("load") is None else f"{by[t]['load']:.1f}" for t in TOOLS)
         jobs = next(iter(by.values()))["jobs"]
         label = scenario + (f" (median of {len(by['bb'].get('samples', []))})" if scenario == "no-op" and "bb" in by and by["bb"].get("samples") else "")
         out.append(
             f"| {shape} | {n} | {jobs} | {label} | {_cell(by.get('make'))} | {_cell(by.get('doit'))} | {_cell(by.get('bb'))} | {_cell(by.get('bb-for'))} "
-            f"| {_ratio(sec('bb'), sec('make'))} | {_ratio(sec('bb'), sec('doit'))} | {_ratio(sec('bb-for'), sec('make'))} | {_ratio(sec('bb-for'), sec('doit'))} | {ran} | {rss} |"
+            f"| {_ratio(sec('bb'), sec('make'))} | {_ratio(sec('bb'), sec('doit'))} | {_ratio(sec('bb-for'), sec('make'))} | {_ratio(sec('bb-for'), sec('doit'))} | {ran} | {rss} | {load} |"
         )
     return out
 
@@ -742,12 +762,14 @@ NOTES = """\
   has no gdbm/ndbm, so doit uses `{doit_db}` (slower than gdbm on big graphs).
   doit is run with its defaults otherwise: `doit` (-j1) or `doit -n 2`
   (multiprocessing), md5 `file_dep` checks.
-- **bb's fast no-op path and the 2-second rule.** bb trusts a file's stat only
-  once its mtime is 2 s old (git's racy-clean rule), both in its stat cache
-  and in the no-op stamp. The first no-op right after a build therefore takes
-  bb's full path (parse cache, keys, lookups) and writes the stamp; later
-  no-ops answer from `stat()` calls alone. Both are reported ("no-op (1st)"
-  and the median of the later ones). make and doit have no such effect.
+- **bb's fast no-op path and the racy-clean window.** bb trusts a file's stat
+  only once its mtime is older than one timestamp tick (git's racy-clean rule:
+  50 ms on filesystems with sub-second mtimes, 2 s otherwise), both in its
+  stat cache and in the no-op stamp it writes after a build. A no-op that
+  follows a build within that window takes bb's full path (parse cache, keys,
+  lookups); later ones answer from `stat()` calls alone, before parsing. Both
+  are reported: "no-op (1st)" right after the build, and the median of the
+  next runs. make and doit have no such effect.
 - **What reruns.** "leaf change" reruns 1 recipe in the chain (the last task
   reads `tail.txt`) and 2 in the fan-out (task k and the join). "touch source"
   changes src.txt's mtime, not its bytes: make reruns everything, doit (md5)
@@ -762,34 +784,42 @@ NOTES = """\
   scenarios that rerun every task are then skipped for that tool.
 - **Page cache.** Hashing reads files that are in the page cache (they were
   just written, and `cat` reads them once first): the figures are CPU-bound
-  hashing, not disk throughput.
-- **Shared machine.** The load average was {load_start} at the start and
-  {load_end} at the end. Other work on the machine (tests, editors) adds noise,
-  mostly to the sub-100 ms no-op figures.
+  hashing, not disk throughput. bb hashes big files with blake3's
+  `update_mmap`, so its peak RSS while hashing counts the mapped file's pages
+  (clean page cache, given back under memory pressure), not heap.
+- **Shared machine.** The load average was {loads}. Other work on the
+  machine (test suites, other benchmarks) adds noise to every figure, most to
+  the sub-100 ms ones; on a 2-core machine a load above 2 means the tools
+  waited for a core. The pipeline tables give the load before each run.
 - **bb under development.** bb is installed editable from this checkout and
-  was measured as it was on disk: {code_start} at the start,
-  {code_end} at the end.
+  was measured as it was on disk: {codes}.
 """
 
 
-def write_report(meta: dict, rows: list, path: str, command: str) -> str:
+def _load_range(rows) -> str:
+    loads = sorted(r["load"] for r in rows if r.get("load", -1) >= 0)
+    if not loads:
+        return ""
+    return f"; the 1-minute load average before each pipeline scenario ranged from {loads[0]:.1f} to {loads[-1]:.1f} (median {statistics.median(loads):.1f})"
+
+
+def _use_args(saved: dict) -> None:
+    """Render a saved run with the options it ran with."""
+    for k, v in saved.items():
+        if k not in ("results", "report_only", "label"):
+            setattr(ARGS, k, v)
     ARGS_TIMEOUT[0] = ARGS.timeout or 0
-    lines = ["# bb benchmark results", "", f"Generated by `{command}` on {meta['date']}.", "See `bench/README.md` for what each scenario does.", "", "## Machine", ""]
-    lines += [
-        f"- CPU: {meta['cpu']}, nproc = {meta['nproc']}; memory {meta['memory']}; kernel {meta['kernel']}",
-        *[f"- work folder `{w}`: `{d}`" for w, d in meta["disks"].items()],
-        f"- Python {meta['python']}; {meta['bb']} ({meta['bb_code']})",
-        f"- {meta['make']}; doit {meta['doit']} (backend {meta['doit_backend']}); {meta['sha256sum']}",
-        f"- pipelines: chain at -j1 for every tool, fan-out at -j{ARGS.jobs} for every tool; no-op median of {ARGS.repeat}",
-        "",
-    ]
-    st = startup_table(rows)
-    if st:
-        lines += ["## Start-up floor", "", "Every bb or doit run pays at least a Python start; make pays almost nothing.", "", *st, ""]
+
+
+def _run_sections(run: dict, level: str) -> list[str]:
+    meta, rows = run["machine"], run["rows"]
+    _use_args(run["args"])
+    lines = []
+    several = len(meta["disks"]) > 1
     for where in meta["disks"]:
-        if len(meta["disks"]) > 1:
-            lines += [f"## Work folder `{where}`", ""]
-        h = "###" if len(meta["disks"]) > 1 else "##"
+        h = level + ("#" if several else "")
+        if several:
+            lines += [f"{level} Work folder `{where}`", ""]
         t = targets_section(rows, where)
         if t:
             lines += [f"{h} Targets", "", *t, ""]
@@ -801,8 +831,47 @@ def write_report(meta: dict, rows: list, path: str, command: str) -> str:
             lines += [f"{h} Planning a {ARGS.plan_n}-target graph (`bb plan`)", "", *plan_table(rows, where), ""]
         if any(r["section"] == "hash" and r["where"] == where for r in rows):
             lines += [f"{h} Hashing big inputs", "", *hash_table(rows, where), ""]
-    lines += ["## Notes", "", NOTES.format(overhead=meta.get("wrapper_overhead_ms", "?"), bin=BIN, doit_db=meta["doit_backend"], timeout=ARGS.timeout or 0, load_start=meta["loadavg_start"],
-                                           load_end=meta.get("loadavg_end", "?"), code_start=meta["bb_code"], code_end=meta.get("bb_code_end", "?"))]
+    return lines
+
+
+def write_report(runs: list[dict], path: str) -> str:
+    """runs: what main() saves to results.json, one per invocation; several
+    runs (--report-only a.json b.json) each get their own section."""
+    meta = runs[0]["machine"]
+    lines = ["# bb benchmark results", ""]
+    if len(runs) == 1:
+        lines += [f"Generated by `{runs[0]['command']}` on {meta['date']}" + (f" ({runs[0]['label']})." if runs[0].get("label") else ".")]
+    else:
+        lines += ["Generated by these runs, each reported in its own section below:", ""]
+        lines += [f"{k}. `{run['command']}` on {run['machine']['date']}" + (f": {run['label']}" if run.get("label") else "") for k, run in enumerate(runs, 1)]
+    lines += ["See `bench/README.md` for what each scenario does.", "", "## Machine", ""]
+    disks = {}
+    for run in runs:
+        disks.update(run["machine"]["disks"])
+    _use_args(runs[0]["args"])
+    lines += [
+        f"- CPU: {meta['cpu']}, nproc = {meta['nproc']}; memory {meta['memory']}; kernel {meta['kernel']}",
+        *[f"- work folder `{w}`: `{d}`" for w, d in disks.items()],
+        f"- Python {meta['python']}; {meta['bb']}",
+        f"- {meta['make']}; doit {meta['doit']} (backend {meta['doit_backend']}); {meta['sha256sum']}",
+        f"- pipelines: chain at -j1 for every tool, fan-out at -j{ARGS.jobs} for every tool; no-op median of {ARGS.repeat}",
+        "",
+    ]
+    startup = next((run["rows"] for run in runs if any(r["section"] == "startup" for r in run["rows"])), [])
+    st = startup_table(startup)
+    if st:
+        lines += ["## Start-up floor", "", "Every bb or doit run pays at least a Python start; make pays almost nothing.", "", *st, ""]
+    for k, run in enumerate(runs, 1):
+        if len(runs) > 1:
+            lines += [f"## Run {k}: `{run['command']}`" + (f" ({run['label']})" if run.get("label") else ""), ""]
+        lines += _run_sections(run, "##" if len(runs) == 1 else "###")
+    _use_args(runs[0]["args"])
+    loads = [f"{'run ' + str(k) + ': ' if len(runs) > 1 else ''}{run['machine']['loadavg_start']} at the start and {run['machine'].get('loadavg_end', '?')} at the end{_load_range(run['rows'])}"
+             for k, run in enumerate(runs, 1)]
+    codes = [f"{'run ' + str(k) + ': ' if len(runs) > 1 else ''}{run['machine']['bb_code']} at the start, {run['machine'].get('bb_code_end', '?')} at the end"
+             for k, run in enumerate(runs, 1)]
+    lines += ["## Notes", "", NOTES.format(loads="; ".join(loads), codes="; ".join(codes), overhead=meta.get("wrapper_overhead_ms", "?"), bin=BIN,
+                                           doit_db=meta["doit_backend"], timeout=ARGS.timeout or 0)]
     text = "\n".join(lines)
     with open(path, "w") as f:
         f.write(text)
@@ -834,7 +903,8 @@ def parse_args(argv=None):
     p.add_argument("--doit-backend", help="doit --backend (default: doit's own default, dbm)")
     p.add_argument("--keep", action="store_true", help="keep the big plan and hashing folders afterwards")
     p.add_argument("--results", default=os.path.join(HERE, "RESULTS.md"), help="where to write the report")
-    p.add_argument("--report-only", metavar="JSON", help="rewrite the report from a results.json of an earlier run")
+    p.add_argument("--report-only", metavar="JSON", nargs="+", help="rewrite the report from the results.json of earlier runs (one section per run)")
+    p.add_argument("--label", default="", help="a few words on why this run was made, shown in the report")
     a = p.parse_args(argv)
     a.workdirs = [os.path.abspath(w) for w in (a.workdirs or [os.path.join(HERE, "work")])]
     a.sizes = [int(s) for s in (a.sizes or ("100,1000" if a.quick else "100,1000,10000")).split(",")]
@@ -857,14 +927,14 @@ ARGS = parse_args([])
 def main(argv=None) -> int:
     global ARGS
     ARGS = parse_args(argv)
-    command = "python bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = shlex.join(["python", "bench/run.py", *(argv if argv is not None else sys.argv[1:])])
     if ARGS.report_only:
-        with open(ARGS.report_only) as f:
-            saved = json.load(f)
-        for k, v in saved["args"].items():
-            if k not in ("results", "report_only"):
-                setattr(ARGS, k, v)
-        print(write_report(saved["machine"], saved["rows"], ARGS.results, saved["command"]))
+        results = ARGS.results
+        runs = []
+        for name in ARGS.report_only:
+            with open(name) as f:
+                runs.append(json.load(f))
+        print(write_report(runs, results))
         return 0
     for w in ARGS.workdirs:
         os.makedirs(w, exist_ok=True)
@@ -883,7 +953,7 @@ def main(argv=None) -> int:
         meta["bb_code_end"] = code_state()
         meta["elapsed_s"] = round(time.time() - started, 1)
         with open(json_path, "w") as f:
-            json.dump({"command": command, "machine": meta, "args": {k: v for k, v in vars(ARGS).items() if k != "skip"}, "rows": rows}, f, indent=1)
+            json.dump({"command": command, "label": ARGS.label, "machine": meta, "args": {k: v for k, v in vars(ARGS).items() if k != "skip"}, "rows": rows}, f, indent=1)
 
     measure_startup(rows)
     for where in ARGS.workdirs:
@@ -900,9 +970,8 @@ def main(argv=None) -> int:
             measure_hash(where, rows, where)
             save()
     save()
-    if os.path.exists(RSS_FILE):
-        os.unlink(RSS_FILE)
-    text = write_report(meta, rows, ARGS.results, command)
+    with open(json_path) as f:
+        text = write_report([json.load(f)], ARGS.results)
     print("\n" + text)
     print(f"\nbench: done in {time.time() - started:.0f} s; wrote {ARGS.results} and {json_path}", flush=True)
     return 0
