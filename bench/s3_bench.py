@@ -748,7 +748,7 @@ def render(res: dict) -> str:
     lines += [
         "## Notes",
         "",
-        "- Single runs, not medians: a full run is ~15 minutes. Repeat runs on this machine moved individual times by 10-30%; "
+        "- Single runs, not medians: a full run takes 12-15 minutes here. Repeat runs on this machine moved individual times by up to ~40%; "
         "the load average above shows other jobs were running on the same 2 cores.",
         "- moto serves everything from one Python process. With latency ~0, a client that sends requests one at a time loses "
         "little against one that keeps 32 in flight, because the server is the bottleneck either way. Against real S3 "

@@ -82,16 +82,19 @@ def push(args) -> int:
     planner, reports = _plan(ctx, roots, tiered.local)
     results = [planner.results[n] for n in reports if n in planner.results]
     missing = [n for n, r in reports.items() if n not in planner.results and not ctx.graph.targets[n].phony]
+    tiered.load_bundle(planner.bundle_name(ctx.graph.closure(roots)))
+    shared = [r for r in results if tiered.bundled(r.key)]
+    results = [r for r in results if not tiered.bundled(r.key)]  # the bundle says these are shared
     progress = _Progress(len(results), "uploading results")
     try:
-        tiered.load_bundle(planner.bundle_name(ctx.graph.closure(roots)))
         tiered.push(results, on_done=progress.step)
-        tiered.share({r.key: r for r in results})  # the plan's bundle, merged
+        tiered.share({r.key: r for r in results + shared})  # the plan's bundle, merged
     finally:
         progress.close()
         tiered.close()
     stats = tiered.stats()
-    print(f"bb: pushed {len(results)} result(s) to {tiered.remote.url} ({_human(stats['bytes_up'])} sent, {stats['requests']} request(s))")
+    already = f"; {len(shared)} already shared" if shared else ""
+    print(f"bb: pushed {len(results)} result(s) to {tiered.remote.url} ({_human(stats['bytes_up'])} sent, {stats['requests']} request(s){already})")
     if missing:
         print(f"bb: not in the local store, so not pushed: {', '.join(missing[:10])}" + (" ..." if len(missing) > 10 else ""), file=sys.stderr)
     return 0

@@ -85,6 +85,10 @@ class TieredStore:
         except CorruptEntry:
             self._remote_results[key] = None
 
+    def bundled(self, key: str) -> bool:
+        """Is this result in the loaded plan bundle (so already shared)?"""
+        return key in self._bundle
+
     def shared_has(self, key: str) -> bool:
         """Does the shared store hold a (well-formed) result for this key?"""
         try:

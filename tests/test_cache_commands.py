@@ -125,3 +125,11 @@ def test_pull_keeps_the_plan_bundle_whole(project, s3, tmp_path):
     cache = carol.last_report["summary"]["cache"]
     blobs = len(s3.keys("cas/"))
     assert cache["requests"] <= 2 + blobs, cache  # the probe, the bundle, the blobs
+
+
+def test_second_push_sends_nothing(project, s3, tmp_path):
+    alice = person(tmp_path, "alice", s3)
+    alice.build("--no-cache", env=alice.env)
+    alice.bb("cache", "push", env=alice.env, check=0)
+    proc = alice.bb("cache", "push", env=alice.env, check=0)
+    assert "pushed 0 result(s)" in proc.stdout and "3 already shared" in proc.stdout
