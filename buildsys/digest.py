@@ -108,7 +108,7 @@ class StatCache:
         try:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
             with open(tmp, "w") as f:
-                json.dump(self.entries, f, separators=(",", ":"))
+                f.write(json.dumps(self.entries, separators=(",", ":")))
             os.replace(tmp, self.path)
             self.dirty = False
         except OSError:

@@ -130,7 +130,7 @@ def write(path: str, ctx, roots: list[str], reports: dict) -> None:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.{os.getpid()}.tmp"
         with open(tmp, "w") as f:
-            json.dump(stamp, f, separators=(",", ":"))
+            f.write(json.dumps(stamp, separators=(",", ":")))
         os.replace(tmp, path)
     except OSError:
         pass

@@ -84,6 +84,6 @@ class Workspace:
             os.makedirs(self.state, exist_ok=True)
             tmp = f"{self._last_path}.{os.getpid()}.tmp"
             with open(tmp, "w") as f:
-                json.dump(self._last, f, separators=(",", ":"))
+                f.write(json.dumps(self._last, separators=(",", ":")))
             os.replace(tmp, self._last_path)
             self._last_dirty = False
