@@ -120,7 +120,7 @@ def _run(args, *, dry_run: bool):
     try:
         reports = sched.build(roots)
         if not dry_run:
-            _bring_home(ctx, planner, sched, roots, ui)
+            sched.bring_home(roots)
             if shared:
                 ctx.store.finish(planner.results)
                 ctx.store.share(planner.results)
@@ -138,34 +138,6 @@ def _run(args, *, dry_run: bool):
         for warning in planner.warnings:
             print(f"bb: warning: {warning}", file=sys.stderr)
     return ctx, roots, reports, time.time() - t0
-
-
-def _bring_home(ctx, planner, sched, roots, ui):
-    """Requested targets that came from the store appear in the workspace."""
-    from .materialize import materialize
-
-    from .store import CorruptEntry
-
-    broken = []
-    wanted = [n for n in ctx.graph.behind_aliases(roots) if n in planner.results and sched.reports[n].status == "cached"]
-    # download every needed blob at once, not one target after another; a bad
-    # blob is dealt with below, target by target
-    try:
-        ctx.store.fetch_many(o.digest for n in wanted for o in planner.results[n].outputs)
-    except CorruptEntry:
-        pass
-    for name in ctx.graph.behind_aliases(roots):
-        result = planner.results.get(name)
-        if result is not None and sched.reports[name].status == "cached":
-            try:
-                for path in materialize(ctx.store, ctx.workspace.stats, ctx.root, result.outputs):
-                    ui.note(f"restored {path} from the store")
-            except CorruptEntry as err:
-                planner.warnings.append(f"the stored output of '{name}' is unusable ({err}); rebuilt it")
-                broken.append(name)
-    if broken:  # their stored bytes are gone or wrong: they are misses after all
-        sched.force.update(broken)
-        sched.build(broken)
 
 
 def _work(ctx, reports) -> dict:

@@ -79,11 +79,9 @@ class Scheduler:
                         # A cached input's stored bytes are gone or wrong: that
                         # target is a miss after all. Run it, then come back.
                         dep = repair.dep
-                        self.planner.warnings.append(f"the stored output of '{dep}' is unusable ({repair.reason}); rebuilt it")
                         if dep in self.reports:
+                            self._unusable(dep, repair.reason)
                             del self.reports[dep]
-                            self.planner.results.pop(dep, None)
-                            self.force.add(dep)
                             started = {n for n, _ in runnable} | {n for n, _ in running.values()}
                             for d in dependents[dep]:
                                 if d not in self.reports and d != name and d not in started:
@@ -190,6 +188,34 @@ class Scheduler:
             return TargetReport(name, WOULD_RUN, key, reasons=reasons)
         self._bring_inputs(target)
         return action
+
+    def _unusable(self, name: str, reason: str) -> None:
+        """A cached target's stored bytes are gone or wrong: it is a miss after all."""
+        self.planner.warnings.append(f"the stored output of '{name}' is unusable ({reason}); rebuilt it")
+        self.planner.results.pop(name, None)
+        self.force.add(name)
+
+    def bring_home(self, roots: list[str]) -> None:
+        """Requested targets that came from the store appear in the workspace;
+        those whose stored bytes prove unusable are rebuilt."""
+        wanted = [n for n in self.graph.behind_aliases(roots) if n in self.planner.results and self.reports[n].status == CACHED]
+        store, ws = self.planner.store, self.planner.workspace
+        # every needed blob at once, not one target after another; a bad one
+        # is dealt with below, target by target
+        try:
+            store.fetch_many(o.digest for n in wanted for o in self.planner.results[n].outputs)
+        except CorruptEntry:
+            pass
+        broken = []
+        for name in wanted:
+            try:
+                for path in materialize(store, ws.stats, ws.root, self.planner.results[name].outputs):
+                    self.ui.note(f"restored {path} from the store")
+            except CorruptEntry as err:
+                self._unusable(name, str(err))
+                broken.append(name)
+        if broken:
+            self.build(broken)
 
     def _bring_inputs(self, target: Target) -> None:
         """A recipe about to run reads its inputs from the workspace: make sure
