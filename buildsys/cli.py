@@ -235,8 +235,7 @@ def cmd_why(args) -> int:
     if report.status == "cached":
         print(f"'{name}' is up to date: its key {report.key[:16]} is in the store.")
         return 0
-    target = ctx.graph.targets[name]
-    if target.phony and target.recipe is None:
+    if ctx.graph.is_alias(name):
         stale = [d for d in ctx.graph.deps[name] if reports[d].status != "cached"]
         print(f"'{name}' is an alias; out of date: {', '.join(stale)}")
         chain = stale[:1]

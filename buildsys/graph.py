@@ -70,6 +70,10 @@ class Graph:
         """The target making `path`, directly or as part of a directory output."""
         return _maker(self.producer, self.dirs, path)
 
+    def is_source(self, path: str) -> bool:
+        """An input no target makes: a file or folder the user provides."""
+        return path not in self.targets and self.producer_of(path.rstrip("/")) is None
+
     def is_alias(self, name: str) -> bool:
         target = self.targets.get(name)
         return target is not None and target.phony and target.recipe is None

@@ -94,7 +94,7 @@ def write(path: str, ctx, roots: list[str], reports: dict) -> None:
         for n in target.attrs.env:
             env[n] = _env_digest(n)
         for inp in target.inputs:
-            if inp in graph.targets or graph.producer_of(inp.rstrip("/")) is not None:
+            if not graph.is_source(inp):
                 continue
             p = full(inp.rstrip("/"))
             if os.path.isdir(p):

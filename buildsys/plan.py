@@ -177,12 +177,7 @@ class Planner:
         parts = []
         for name in order:
             t = self.graph.targets[name]
-            sources = []
-            for path in t.inputs:
-                if path in self.graph.targets or self.graph.producer_of(path.rstrip("/")) is not None:
-                    sources.append([path, ""])
-                else:
-                    sources.append([path, self.input_digest(path)])
+            sources = [[p, self.input_digest(p) if self.graph.is_source(p) else ""] for p in t.inputs]
             env = [[n, _env_value(n)] for n in t.attrs.env]
             parts.append([name, t.recipe or "", list(t.outputs), sources, list(t.params), env, list(self.environment(t))])
         return hash_bytes(json.dumps([SCHEMA, parts], separators=(",", ":")).encode())

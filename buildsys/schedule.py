@@ -167,7 +167,7 @@ class Scheduler:
         if bad:
             return TargetReport(name, SKIPPED, error=f"needs '{bad[0]}', which {self.reports[bad[0]].status}")
         unknown = [d for d in self.graph.deps[name] if self.reports[d].status == WOULD_RUN]
-        if target.phony and target.recipe is None:
+        if self.graph.is_alias(name):
             deps = [self.reports[d].status for d in self.graph.deps[name]]
             status = WOULD_RUN if unknown else (BUILT if BUILT in deps else CACHED)
             return TargetReport(name, status)

@@ -1,7 +1,6 @@
 """`bb cache push/pull/ls/stats/verify/gc` against moto_server."""
 from __future__ import annotations
 
-import os
 
 from conftest import Project, statuses
 

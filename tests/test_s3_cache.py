@@ -133,7 +133,7 @@ def test_result_naming_a_missing_blob_is_a_miss(project, s3, tmp_path):
     proc = bob.bb("build", "out/clean.txt", env=bob.env)
     assert "Traceback" not in proc.stderr
     assert "missing" in proc.stderr
-    final = bob.build("out/clean.txt", env=bob.env)
+    bob.build("out/clean.txt", env=bob.env)
     assert bob.read("out/clean.txt") == "HELLO TEAM\n"
 
 
