@@ -3,10 +3,10 @@ age or to fit a size (the newest and the protected ones stay), then every
 blob that no remaining result names."""
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
 
+from . import units
 from .errors import UsageError
 from .store import ActionResult
 
@@ -14,22 +14,18 @@ from .store import ActionResult
 # blobs before its action result.
 GRACE_SECONDS = 3600
 
-_SIZE = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-_AGE = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
 def parse_size(text: str) -> int:
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?", text.strip().lower())
-    if not m:
+    value = units.size(text)
+    if value is None:
         raise UsageError(f"'{text}' is not a size.", hint="Write it like 500M, 10G or 1T.")
-    return int(float(m.group(1)) * _SIZE[m.group(2)])
+    return value
 
 
 def parse_age(text: str) -> float:
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhdw])", text.strip().lower())
-    if not m:
+    value = units.duration(text, "smhdw", bare=False)
+    if value is None:
         raise UsageError(f"'{text}' is not an age.", hint="Write it like 12h, 30d or 4w.")
-    return float(m.group(1)) * _AGE[m.group(2)]
+    return value
 
 
 @dataclass

@@ -10,6 +10,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from . import units
 from .errors import BatchfileError, Location, did_you_mean
 from .model import Attribute, Batchfile, Rule
 from .settings import Settings, resolve
@@ -181,8 +182,6 @@ def evaluate_variables(model: Batchfile, overrides: dict[str, str]) -> dict:
 
 # ---- attributes --------------------------------------------------------------
 
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-_TIME = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def _one(attr: Attribute, args) -> str:
@@ -200,18 +199,18 @@ def _int(attr, args, low=0):
 
 def _memory(attr, args):
     text = _one(attr, args)
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?", text.lower())
-    if not m:
+    value = units.size(text)
+    if value is None:
         raise BatchfileError(f"@memory takes a size such as 512M or 8G, not '{text}'.", where=attr.location)
-    return int(float(m.group(1)) * _UNITS[m.group(2)])
+    return value
 
 
 def _timeout(attr, args):
     text = _one(attr, args)
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhd]?)", text.lower())
-    if not m:
+    value = units.duration(text, "smhd", bare=True)
+    if value is None:
         raise BatchfileError(f"@timeout takes a duration such as 90s, 30m or 2h, not '{text}'.", where=attr.location)
-    return float(m.group(1)) * _TIME[m.group(2)]
+    return value
 
 
 def _env(attr, args):
