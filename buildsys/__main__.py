@@ -1,3 +1,3 @@
-from .cli import entry
+from buildsys.cli.main import entry
 
 entry()

@@ -7,8 +7,8 @@ import os
 import sys
 import time
 
-from . import __version__
-from .errors import BatchfileError, BBError, BuildFailed, Interrupted, UsageError
+from buildsys import __version__
+from buildsys.errors import BatchfileError, BBError, BuildFailed, Interrupted, UsageError
 
 COMMANDS = ("build", "plan", "why", "log", "list", "graph", "clean", "cache")
 BATCHFILE_NAMES = ("Batchfile", "batchfile", "Batchfile.bb")
@@ -52,11 +52,11 @@ def _split_overrides(words: list[str]) -> tuple[list[str], dict[str, str]]:
 def load_context(args, wanted=(), shared=True) -> Context:
     """Parse, expand and open the stores; `shared=False` for commands that
     never read results (list, graph, clean), so they work offline."""
-    from .graph import build_graph
-    from .parse import load
-    from .store import LocalStore
-    from . import STATE_DIR
-    from .workspace import Workspace
+    from buildsys.lang.graph import build_graph
+    from buildsys.lang.parse import load
+    from buildsys.store.local import LocalStore
+    from buildsys import STATE_DIR
+    from buildsys.keys.workspace import Workspace
 
     path = _find_batchfile(args.file)
     root = os.path.dirname(os.path.abspath(path))
@@ -80,8 +80,8 @@ def _cache_url(args, settings) -> str:
 
 
 def _shared(local, url: str, args, settings):
-    from .s3store import S3Store
-    from .tiered import TieredStore
+    from buildsys.store.s3 import S3Store
+    from buildsys.store.tiered import TieredStore
 
     read_only = (
         getattr(args, "cache_read_only", False)
@@ -97,10 +97,10 @@ def _shared(local, url: str, args, settings):
 
 
 def _run(args, *, dry_run: bool):
-    from .graph import select
-    from .plan import Planner
-    from .schedule import Scheduler
-    from .ui import PlainUI, make_ui
+    from buildsys.lang.graph import select
+    from buildsys.keys.plan import Planner
+    from buildsys.run.schedule import Scheduler
+    from buildsys.cli.ui import PlainUI, make_ui
 
     targets, args.overrides = _split_overrides(args.targets)
     ctx = load_context(args, wanted=targets)
@@ -111,7 +111,7 @@ def _run(args, *, dry_run: bool):
     planner = Planner(ctx.graph, ctx.store, ctx.workspace)
     executor = None
     if not dry_run:
-        from .executors.local import LocalExecutor
+        from buildsys.run.executors.local import LocalExecutor
 
         executor = LocalExecutor()
     sched = Scheduler(planner, executor, ui, jobs=jobs, keep_going=args.keep_going, always=args.always_make, dry_run=dry_run, explain=args.verbose)
@@ -153,7 +153,8 @@ def _summary(entries, seconds) -> dict:
 
 
 def _stamp(args) -> str:
-    from . import STATE_DIR, noop
+    from buildsys import STATE_DIR
+    from buildsys.cli import noop
 
     path = os.path.abspath(_find_batchfile(args.file))
     targets, overrides = _split_overrides(args.targets)
@@ -180,7 +181,7 @@ def _report(args, entries: list[dict], seconds) -> None:
 def cmd_build(args) -> int:
     if args.dry_run:
         return cmd_plan(args, recipes=True)
-    from . import noop
+    from buildsys.cli import noop
 
     t0 = time.time()
     stamp = _stamp(args)
@@ -263,7 +264,7 @@ def cmd_why(args) -> int:
 def cmd_log(args) -> int:
     """The output of a target's last run: a failed run's saved log, else what
     its last successful build printed (kept in the store)."""
-    from .graph import select
+    from buildsys.lang.graph import select
 
     args.overrides = {}
     ctx = load_context(args, wanted=[args.target])
@@ -319,8 +320,8 @@ def cmd_list(args) -> int:
 
 
 def cmd_graph(args) -> int:
-    from .export import to_dot, to_mermaid
-    from .graph import select
+    from buildsys.cli.export import to_dot, to_mermaid
+    from buildsys.lang.graph import select
 
     targets, args.overrides = _split_overrides(args.targets)
     ctx = load_context(args, wanted=targets, shared=False)
@@ -332,8 +333,8 @@ def cmd_graph(args) -> int:
 def cmd_clean(args) -> int:
     import shutil
 
-    from .graph import select
-    from .materialize import remove_outputs
+    from buildsys.lang.graph import select
+    from buildsys.run.materialize import remove_outputs
 
     targets, args.overrides = _split_overrides(args.targets)
     ctx = load_context(args, wanted=targets, shared=False)
@@ -423,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--purge", action="store_true", help="also delete the local store")
     p.set_defaults(func=cmd_clean)
 
-    from . import cachecli
+    from buildsys.cli import cache as cachecli
 
     cache = sub.add_parser("cache", help="manage the local store and the shared cache").add_subparsers(dest="cache_command", metavar="COMMAND")
     p = cache.add_parser("push", parents=[common], help="upload the local results of targets to the shared cache")

@@ -20,9 +20,9 @@ import threading
 import time
 from dataclasses import dataclass
 
-from .digest import blake3
-from .errors import BBError
-from .store import ActionResult, CorruptEntry
+from buildsys.digest import blake3
+from buildsys.errors import BBError
+from buildsys.store.api import ActionResult, CorruptEntry
 
 SMALL = 8 << 20  # below this a blob moves in one request; above, multipart
 

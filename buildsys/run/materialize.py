@@ -12,9 +12,9 @@ import shutil
 import stat as statmod
 import time
 
-from .errors import BBError
-from .digest import FileDigest, StatCache, hash_bytes, hash_file, tree_manifest
-from .store import CorruptEntry, OutputEntry, Store
+from buildsys.errors import BBError
+from buildsys.digest import FileDigest, StatCache, hash_bytes, hash_file, tree_manifest
+from buildsys.store.api import CorruptEntry, OutputEntry, Store
 
 
 class UnsafePath(BBError):

@@ -10,10 +10,10 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from . import units
-from .errors import BatchfileError, Location, did_you_mean
-from .model import Attribute, Batchfile, Rule
-from .settings import Settings, resolve
+from buildsys import units
+from buildsys.errors import BatchfileError, Location, did_you_mean
+from buildsys.lang.model import Attribute, Batchfile, Rule
+from buildsys.lang.settings import Settings, resolve
 
 REF = re.compile(r"\$(\$|@|<|\^|\*|\(([^()\s]+)\))")
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

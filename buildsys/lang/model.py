@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .errors import Location
+from buildsys.errors import Location
 
 @dataclass(frozen=True)
 class Assignment:

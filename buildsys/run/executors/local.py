@@ -11,7 +11,7 @@ import subprocess
 import threading
 import time
 
-from . import Job, Outcome
+from buildsys.run.executors import Job, Outcome
 
 GRACE_SECONDS = 5.0
 LOG_LIMIT = 8 << 20

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from .graph import Graph
+from buildsys.lang.graph import Graph
 
 
 def _nodes(graph: Graph, names):

@@ -6,9 +6,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from . import units
-from .errors import UsageError
-from .store import ActionResult
+from buildsys import units
+from buildsys.errors import UsageError
+from buildsys.store.api import ActionResult
 
 # Blobs younger than this are never collected: a build in flight writes its
 # blobs before its action result.
@@ -72,7 +72,7 @@ def _names(result: ActionResult | None, manifest) -> set[str]:
 
 class LocalBackend(_Backend):
     def __init__(self, store):
-        from .materialize import read_manifest
+        from buildsys.run.materialize import read_manifest
 
         self.store = store
         self.manifest = lambda d: read_manifest(store, d)
@@ -101,7 +101,7 @@ class LocalBackend(_Backend):
 
 class SharedBackend(_Backend):
     def __init__(self, tiered):
-        from .materialize import read_manifest
+        from buildsys.run.materialize import read_manifest
 
         self.tiered = tiered
         self.remote = tiered.remote

@@ -11,13 +11,13 @@ import os
 import re
 from dataclasses import dataclass
 
-from .action import SCHEMA, Action, diff
-from .errors import BBError
-from .graph import Graph, Target
-from .materialize import read_manifest
-from .store import ActionResult, CorruptEntry, Store
-from .workspace import Workspace
-from .digest import hash_bytes, tree_manifest
+from buildsys.keys.action import SCHEMA, Action, diff
+from buildsys.errors import BBError
+from buildsys.lang.graph import Graph, Target
+from buildsys.run.materialize import read_manifest
+from buildsys.store.api import ActionResult, CorruptEntry, Store
+from buildsys.keys.workspace import Workspace
+from buildsys.digest import hash_bytes, tree_manifest
 
 # What a recipe sees besides the variables it declares. None of these enter a
 # key: they say where a recipe runs, not what it computes.

@@ -14,9 +14,10 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from .materialize import read_manifest
-from .s3store import S3Store
-from .store import ActionResult, CorruptEntry, LocalStore
+from buildsys.run.materialize import read_manifest
+from buildsys.store.s3 import S3Store
+from buildsys.store.api import ActionResult, CorruptEntry
+from buildsys.store.local import LocalStore
 
 TRANSFER_THREADS = 16
 LIST_ABOVE = 1000  # blobs to upload above which the bucket is listed instead of asked blob by blob

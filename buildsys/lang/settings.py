@@ -7,8 +7,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from .errors import BatchfileError, did_you_mean
-from .model import Setting
+from buildsys.errors import BatchfileError, did_you_mean
+from buildsys.lang.model import Setting
 
 
 def _string(value, where, name):

@@ -16,7 +16,7 @@ import json
 import os
 import time
 
-from . import __version__
+from buildsys import __version__
 
 def _env_digest(name: str) -> str | None:
     """Declared variables are compared by digest: their values (tokens,
@@ -74,7 +74,7 @@ def _walk(top: str, files: dict, dirs: dict) -> None:
 
 
 def write(path: str, ctx, roots: list[str], reports: dict) -> None:
-    from .digest import is_racy
+    from buildsys.digest import is_racy
 
     graph, root = ctx.graph, ctx.root
     started = time.time()

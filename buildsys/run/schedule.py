@@ -10,15 +10,15 @@ import os
 import time
 from collections import deque
 
-from . import __version__
-from .action import Action
-from .digest import hash_bytes
-from .executors import Executor, Job
-from .graph import Target
-from .materialize import OutputMissing, capture, materialize, remove_outputs
-from .plan import Planner, Unknown
-from .report import BUILT, CACHED, FAILED, SKIPPED, WOULD_RUN, TargetReport
-from .store import ActionResult, CorruptEntry
+from buildsys import __version__
+from buildsys.keys.action import Action
+from buildsys.digest import hash_bytes
+from buildsys.run.executors import Executor, Job
+from buildsys.lang.graph import Target
+from buildsys.run.materialize import OutputMissing, capture, materialize, remove_outputs
+from buildsys.keys.plan import Planner, Unknown
+from buildsys.run.report import BUILT, CACHED, FAILED, SKIPPED, WOULD_RUN, TargetReport
+from buildsys.store.api import ActionResult, CorruptEntry
 
 class _Repair(Exception):
     def __init__(self, dep: str, reason: str):

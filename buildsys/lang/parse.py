@@ -10,8 +10,8 @@ import pickle
 import textwrap
 from pathlib import Path
 
-from .errors import BatchfileError, Location
-from .model import Assignment, Attribute, Batchfile, Loop, Rule, Setting
+from buildsys.errors import BatchfileError, Location
+from buildsys.lang.model import Assignment, Attribute, Batchfile, Loop, Rule, Setting
 
 # A link to grammar/batchfile.lark, so the grammar ships inside the package.
 GRAMMAR = Path(__file__).parent / "batchfile.lark"
@@ -231,7 +231,7 @@ def load(path: str | os.PathLike, cache_dir: str | os.PathLike | None) -> Batchf
     """parse_file, through a cache keyed by the bytes of every file read."""
     if cache_dir is None:
         return parse_file(path)
-    from .digest import hash_bytes
+    from buildsys.digest import hash_bytes
 
     main = Path(path)
     try:

@@ -5,7 +5,7 @@ import os
 import sys
 import time
 
-from .errors import BBError, UsageError
+from buildsys.errors import BBError, UsageError
 
 
 def _human(n: float) -> str:
@@ -18,9 +18,9 @@ def _human(n: float) -> str:
 
 def _plan(ctx, roots, store):
     """Keys and results of the targets `roots` need, looked up in `store` (no recipe runs)."""
-    from .plan import Planner
-    from .schedule import Scheduler
-    from .ui import PlainUI
+    from buildsys.keys.plan import Planner
+    from buildsys.run.schedule import Scheduler
+    from buildsys.cli.ui import PlainUI
 
     planner = Planner(ctx.graph, store, ctx.workspace)
     sched = Scheduler(planner, None, PlainUI(quiet=True), jobs=1, keep_going=True, dry_run=True)
@@ -29,8 +29,8 @@ def _plan(ctx, roots, store):
 
 
 def _context(args):
-    from .cli import _split_overrides, load_context
-    from .graph import select
+    from buildsys.cli.main import _split_overrides, load_context
+    from buildsys.lang.graph import select
 
     targets, args.overrides = _split_overrides(getattr(args, "targets", []))
     ctx = load_context(args, wanted=targets)
@@ -102,7 +102,7 @@ def push(args) -> int:
 
 def pull(args) -> int:
     """Materialize targets from the shared cache without building anything."""
-    from .materialize import materialize
+    from buildsys.run.materialize import materialize
 
     ctx, roots = _context(args)
     tiered = _shared(ctx)
@@ -159,7 +159,7 @@ def ls(args) -> int:
 
 def _stores(args):
     """The context, whether a shared cache is configured, and the local store."""
-    from .cli import load_context
+    from buildsys.cli.main import load_context
 
     args.overrides = {}
     ctx = load_context(args)
@@ -183,7 +183,7 @@ def stats(args) -> int:
 
 def verify(args) -> int:
     """Re-hash every blob; report (and with --delete remove) the corrupt ones."""
-    from .store import CorruptEntry
+    from buildsys.store.api import CorruptEntry
 
     ctx, tiered, local = _stores(args)
     bad = []
@@ -233,8 +233,8 @@ def verify(args) -> int:
 
 
 def gc(args) -> int:
-    from .cli import load_context
-    from .gc import LocalBackend, SharedBackend, collect_from, parse_age, parse_size
+    from buildsys.cli.main import load_context
+    from buildsys.store.gc import LocalBackend, SharedBackend, collect_from, parse_age, parse_size
 
     if args.max_size is None and args.max_age is None:
         raise UsageError("say what to keep: --max-size (such as 10G) and/or --max-age (such as 30d).")

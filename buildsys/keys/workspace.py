@@ -8,9 +8,9 @@ import json
 import os
 import re
 
-from . import STATE_DIR
-from .digest import StatCache
-from .store import ActionResult
+from buildsys import STATE_DIR
+from buildsys.digest import StatCache
+from buildsys.store.api import ActionResult
 
 
 

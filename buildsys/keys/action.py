@@ -11,7 +11,7 @@ import difflib
 import json
 from dataclasses import dataclass
 
-from .digest import hash_bytes
+from buildsys.digest import hash_bytes
 
 SCHEMA = "bb-action-2"
 

@@ -1,0 +1,1 @@
+"""The Batchfile language: grammar, parser, model objects, settings, and the expanded graph."""
