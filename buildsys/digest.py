@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat as statmod
 import time
 from dataclasses import dataclass
@@ -16,6 +17,19 @@ from dataclasses import dataclass
 from blake3 import blake3
 
 CHUNK = 1 << 22
+_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def is_digest(value) -> bool:
+    """Exactly a blake3 hex digest: what may become a file name in a store.
+    Every digest or key read from outside (a store, a bundle, a manifest, a
+    state file) passes through here before it is used."""
+    return type(value) is str and _HEX.fullmatch(value) is not None
+
+
+def signature(st: os.stat_result) -> list:
+    """What says a file is unchanged: size, mtime, inode, ctime (git's rule)."""
+    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
 
 
 def hash_bytes(data: bytes) -> str:
@@ -36,17 +50,47 @@ def hash_file(path: str) -> str:
 
 @dataclass(frozen=True)
 class FileDigest:
-    digest: str
+    digest: str  # "" for an empty folder inside a tree
     size: int
     executable: bool = False
 
 
+EMPTY_DIR = FileDigest("", 0, False)
 
 
 def tree_manifest(entries: dict[str, FileDigest]) -> bytes:
-    """The canonical listing of a directory: sorted, relative, '/'-separated."""
+    """The canonical listing of a directory: sorted, relative, '/'-separated.
+    Empty folders are entries too (ending in '/'), so they are part of a
+    tree's digest and come back when the tree is restored."""
     listing = [[rel, fd.digest, fd.size, fd.executable] for rel, fd in sorted(entries.items())]
     return json.dumps(listing, separators=(",", ":")).encode()
+
+
+def safe_relpath(rel) -> bool:
+    """A relative '/'-separated path that stays inside its folder."""
+    if type(rel) is not str or not rel or "\0" in rel or rel.startswith("/"):
+        return False
+    parts = rel[:-1].split("/") if rel.endswith("/") else rel.split("/")
+    return all(p not in ("", ".", "..") for p in parts)
+
+
+def parse_manifest(data: bytes) -> dict[str, FileDigest]:
+    """A stored tree manifest, every entry checked; ValueError if any is not
+    what bb writes (a path leaving the tree, a digest that is not one)."""
+    listing = json.loads(data)
+    if type(listing) is not list:
+        raise ValueError("not a list")
+    out: dict[str, FileDigest] = {}
+    for entry in listing:
+        if type(entry) is not list or len(entry) != 4:
+            raise ValueError("malformed entry")
+        rel, digest, size, executable = entry
+        if not safe_relpath(rel) or type(size) is not int or size < 0 or type(executable) is not bool:
+            raise ValueError(f"bad entry {str(rel)[:40]!r}")
+        if rel.endswith("/") and (digest != "" or size or executable) or not rel.endswith("/") and not is_digest(digest):
+            raise ValueError(f"bad entry {rel[:40]!r}")
+        out[rel] = FileDigest(digest, size, executable)
+    return out
 
 
 def is_racy(mtime_ns: int, now: float) -> bool:
@@ -65,36 +109,55 @@ class StatCache:
         self.path = path
         self.entries: dict[str, list] = {}
         self.dirty = False
+        # path -> (stat signature, digest) of every file digested in this run:
+        # what the build really read, for the checks after a recipe ran and
+        # for the no-op stamp (never a later stat, which could see an edit
+        # that no key covers).
+        self.seen: dict[str, tuple[list, str]] = {}
         if path:
             try:
                 with open(path) as f:
-                    self.entries = json.load(f)
+                    entries = json.load(f)
+                self.entries = entries if type(entries) is dict else {}
             except (OSError, ValueError):
                 self.entries = {}
 
     def file(self, path: str, st: os.stat_result | None = None) -> FileDigest:
         st = st or os.stat(path)
-        sig = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
-        entry = self.entries.get(path)
+        sig = signature(st)
         executable = bool(st.st_mode & statmod.S_IXUSR)
-        if entry is not None and entry[:4] == sig:
+        seen = self.seen.get(path)
+        if seen is not None and seen[0] == sig and seen[1]:
+            return FileDigest(seen[1], st.st_size, executable)  # digested earlier in this run
+        entry = self.entries.get(path)
+        if type(entry) is list and len(entry) == 5 and entry[:4] == sig and is_digest(entry[4]):
+            self.seen[path] = (sig, entry[4])
             return FileDigest(entry[4], st.st_size, executable)
         digest = hash_file(path)
         self.remember(path, st, digest)
         return FileDigest(digest, st.st_size, executable)
 
     def remember(self, path: str, st: os.stat_result, digest: str) -> None:
+        sig = signature(st)
+        self.seen[path] = (sig, digest)
         if is_racy(st.st_mtime_ns, time.time()):
             self.entries.pop(path, None)
             return
-        self.entries[path] = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, digest]
+        self.entries[path] = sig + [digest]
         self.dirty = True
 
     def tree(self, root: str) -> dict[str, FileDigest]:
-        """Digest every file under a directory, keyed by '/'-separated relative path."""
+        """Digest every file under a directory, keyed by '/'-separated relative
+        path; empty folders are entries ending in '/'."""
         out: dict[str, FileDigest] = {}
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames.sort()
+            try:
+                self.seen[dirpath] = (signature(os.stat(dirpath)), "")
+            except OSError:
+                pass
+            if not dirnames and not filenames and dirpath != root:
+                out[os.path.relpath(dirpath, root).replace(os.sep, "/") + "/"] = EMPTY_DIR
             for name in filenames:
                 full = os.path.join(dirpath, name)
                 rel = os.path.relpath(full, root).replace(os.sep, "/")
@@ -111,5 +174,8 @@ class StatCache:
                 f.write(json.dumps(self.entries, separators=(",", ":")))
             os.replace(tmp, self.path)
             self.dirty = False
-        except OSError:
-            pass
+        except OSError:  # a cache: on a full disk, the next run hashes again
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass

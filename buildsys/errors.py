@@ -53,7 +53,20 @@ class BuildFailed(BBError):
 
 
 class Interrupted(BBError):
-    exit_code = 130
+    """Stopped by a signal: exit 128 + its number, as shells report it."""
+
+    def __init__(self, message: str, *, signal: int = 2, **kw):
+        super().__init__(message, **kw)
+        self.exit_code = 128 + signal
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (CI cancelling, `timeout`, `docker stop`, a closed
+    terminal): handled exactly like Ctrl-C."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
 
 
 def did_you_mean(word: str, choices) -> str:

@@ -18,10 +18,11 @@ class Context:
     """What a command works on. (A plain class: dataclasses cost a no-op build
     more to import than the rest of its work.)"""
 
-    def __init__(self, root, batchfile, graph, workspace, store, sources=()):
+    def __init__(self, root, batchfile, graph, workspace, store, sources=(), read=None):
         self.root, self.batchfile, self.graph = root, batchfile, graph
         self.workspace, self.store = workspace, store
         self.sources = sources  # the Batchfile and its includes
+        self.read = read or {}  # path -> stat signature when the Batchfile and globbed folders were read
 
 
 def _find_batchfile(explicit: str | None) -> str:
@@ -58,16 +59,24 @@ def load_context(args, wanted=(), shared=True) -> Context:
     from buildsys import STATE_DIR
     from buildsys.keys.workspace import Workspace
 
+    from buildsys.digest import signature
+
     path = _find_batchfile(args.file)
     root = os.path.dirname(os.path.abspath(path))
     model = load(path, os.path.join(root, STATE_DIR))
     graph = build_graph(model, getattr(args, "overrides", {}), root, wanted=wanted)
+    read = {}
+    for p in list(model.sources) + [os.path.join(root, w) for w in graph.watched]:
+        try:
+            read[os.path.abspath(p)] = signature(os.stat(p))
+        except OSError:
+            pass
     store_dir = getattr(args, "store", None) or os.environ.get("BB_STORE") or graph.settings.store or STATE_DIR
     store = LocalStore(os.path.join(root, os.path.expanduser(store_dir)))
     url = _cache_url(args, graph.settings) if shared else ""
     if url:
         store = _shared(store, url, args, graph.settings)
-    return Context(root, path, graph, Workspace(root), store, model.sources)
+    return Context(root, path, graph, Workspace(root), store, model.sources, read)
 
 
 def _cache_url(args, settings) -> str:
@@ -113,10 +122,11 @@ def _run(args, *, dry_run: bool):
     if not dry_run:
         from buildsys.run.executors.local import LocalExecutor
 
-        executor = LocalExecutor()
+        executor = LocalExecutor(os.path.join(ctx.workspace.state, "running"))
     sched = Scheduler(planner, executor, ui, jobs=jobs, keep_going=args.keep_going, always=args.always_make, dry_run=dry_run, explain=args.verbose)
     t0 = time.time()
     shared = getattr(ctx.store, "remote", None) is not None
+    planner.check_declared_env(ctx.graph.closure(roots))
     try:
         reports = sched.build(roots)
         if not dry_run:
@@ -124,20 +134,30 @@ def _run(args, *, dry_run: bool):
             if shared:
                 ctx.store.finish(planner.results)
                 ctx.store.share(planner.results)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         raise Interrupted(
-            "interrupted. Running recipes were stopped; nothing unfinished was recorded.",
+            f"{_stopped_by(stop)}. Running recipes were stopped; nothing unfinished was recorded.",
             hint="Run the same command again to resume.",
+            signal=getattr(stop, "signum", 2),
         ) from None
     finally:
+        if executor is not None:
+            executor.close()
         ctx.workspace.save()
         ui.end()
         if shared:
             ctx.store.close()
             args.cache_stats = ctx.store.stats()
-        for warning in planner.warnings:
+        for warning in ctx.workspace.warnings + planner.warnings:
             print(f"bb: warning: {warning}", file=sys.stderr)
     return ctx, roots, reports, time.time() - t0
+
+
+def _stopped_by(stop) -> str:
+    import signal
+
+    signum = getattr(stop, "signum", signal.SIGINT)
+    return "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
 
 
 def _work(ctx, reports) -> dict:
@@ -178,12 +198,39 @@ def _report(args, entries: list[dict], seconds) -> None:
         print(f"bb: {parts} in {seconds:.2f}s", file=sys.stderr)
 
 
+def _lock(args) -> None:
+    """One builder per workspace: wait for (or, with --no-wait, refuse) the
+    lock; then stop recipes a bb that died may have left running."""
+    from buildsys import STATE_DIR
+    from buildsys.keys.workspace import Busy, lock
+
+    state = os.path.join(os.path.dirname(os.path.abspath(_find_batchfile(args.file))), STATE_DIR)
+
+    def waiting(holder: str) -> None:
+        print(f"bb: waiting for another bb ({holder}) building in this workspace; --no-wait to fail instead", file=sys.stderr, flush=True)
+
+    try:
+        lock(state, wait=not getattr(args, "no_wait", False), on_wait=waiting)
+    except Busy as busy:
+        raise BBError(
+            f"another bb ({busy.holder}) is building in this workspace.",
+            hint="Wait for it to finish, or run without --no-wait to wait for it.",
+        ) from None
+    journal = os.path.join(state, "running")
+    if os.path.exists(journal):
+        from buildsys.run.supervisor import stop_leftovers
+
+        if stop_leftovers(journal):
+            print("bb: stopped recipes left running by an earlier bb that did not finish", file=sys.stderr)
+
+
 def cmd_build(args) -> int:
     if args.dry_run:
         return cmd_plan(args, recipes=True)
     from buildsys.cli import noop
 
     t0 = time.time()
+    _lock(args)
     stamp = _stamp(args)
     if not args.always_make:
         current = noop.check(stamp)
@@ -195,7 +242,9 @@ def cmd_build(args) -> int:
     reports = _work(ctx, reports)
     failed = [r for r in reports.values() if r.status == "failed"]
     if not failed:
-        noop.write(stamp, ctx, roots, reports)
+        seen = {p: s for p, (s, _) in ctx.workspace.stats.seen.items()}
+        seen.update(ctx.read)
+        noop.write(stamp, ctx, roots, reports, seen)
     _report(args, [r.to_json() for r in reports.values()], seconds)
     if failed:
         names = ", ".join(f"'{r.name}'" for r in failed[:5])
@@ -395,6 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build", parents=[common], help="build targets (the default target if none is named)")
     build_options(p)
     p.add_argument("-n", "--dry-run", action="store_true", help="print what would run and why, run nothing")
+    p.add_argument("--no-wait", action="store_true", help="fail at once if another bb is building in this workspace (default: wait for it)")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("plan", parents=[common], help="show what a build would run, and why")
@@ -464,6 +514,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
         parser.parse_args(argv + ["--help"])
+    _handle_stop_signals()
     try:
         if args.directory:
             try:
@@ -474,9 +525,9 @@ def main(argv=None) -> int:
     except BBError as err:
         print(err.render(), file=sys.stderr)
         return err.exit_code
-    except KeyboardInterrupt:
-        print("bb: interrupted.", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        print(f"bb: {_stopped_by(stop)}.", file=sys.stderr)
+        return 128 + getattr(stop, "signum", 2)
     except BrokenPipeError:
         return 1
     except Exception as err:  # a bug in bb, not bad input: one paragraph, traceback on demand
@@ -484,6 +535,19 @@ def main(argv=None) -> int:
             raise
         print(f"bb: internal error: {type(err).__name__}: {err}. This is a bug in bb; rerun with BB_DEBUG=1 for a traceback and report it.", file=sys.stderr)
         return 3
+
+
+def _handle_stop_signals() -> None:
+    import signal
+
+    from buildsys.errors import Stopped
+
+    def stop(signum, frame):
+        raise Stopped(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) is signal.SIG_DFL:
+            signal.signal(signum, stop)
 
 
 def entry() -> None:

@@ -62,18 +62,20 @@ def check(path: str) -> list | None:
         return None
 
 
-def _walk(top: str, files: dict, dirs: dict) -> None:
-    dirs[top] = _sig(top)
+def _walk(top: str, files: dict, dirs: dict, sig) -> None:
+    dirs[top] = sig(top)
     for dirpath, dirnames, filenames in os.walk(top):
         for d in dirnames:
             full = os.path.join(dirpath, d)
-            dirs[full] = _sig(full)
+            dirs[full] = sig(full)
         for f in filenames:
             full = os.path.join(dirpath, f)
-            files[full] = _sig(full)
+            files[full] = sig(full)
 
 
-def write(path: str, ctx, roots: list[str], reports: dict) -> None:
+def write(path: str, ctx, roots: list[str], reports: dict, seen: dict, environment=()) -> None:
+    """`seen`: path -> stat signature as the build saw it when it read the
+    file (a later stat could hide an edit made during the build)."""
     from buildsys.digest import is_racy
 
     graph, root = ctx.graph, ctx.root
@@ -85,6 +87,9 @@ def write(path: str, ctx, roots: list[str], reports: dict) -> None:
 
     def full(p: str) -> str:
         return p if os.path.isabs(p) else os.path.join(root, p)
+
+    def sig(p: str):
+        return seen[p] if p in seen else _sig(p)
 
     order = graph.closure(roots)
     if any(graph.targets[n].phony and graph.targets[n].recipe is not None for n in order):
@@ -98,25 +103,25 @@ def write(path: str, ctx, roots: list[str], reports: dict) -> None:
                 continue
             p = full(inp.rstrip("/"))
             if os.path.isdir(p):
-                _walk(p, files, dirs)
+                _walk(p, files, dirs, sig)
             else:
-                files[p] = _sig(p)
-    if graph.settings.requirements:
-        files[full(graph.settings.requirements)] = _sig(full(graph.settings.requirements))
-    for folder in graph.watched:
-        dirs[full(folder)] = _sig(full(folder))
-    # the requested outputs must still be in the workspace, unchanged
-    for name in graph.behind_aliases(roots):
-        target = graph.targets[name]
+                files[p] = sig(p)
+        # every output of the graph must still be in the workspace, unchanged
         for out in target.outputs if not target.phony else ():
             p = full(out.rstrip("/"))
             if out.endswith("/"):
-                _walk(p, outputs, outputs)
+                _walk(p, outputs, outputs, sig)
             else:
-                outputs[p] = _sig(p)
-    sources = {os.path.abspath(s): _sig(s) for s in ctx.sources}
-    sigs = [sig for group in (files, dirs, outputs, sources) for sig in group.values()]
-    if any(sig is not None and is_racy(sig[1], started) for sig in sigs):
+                outputs[p] = sig(p)
+    if graph.settings.requirements:
+        files[full(graph.settings.requirements)] = sig(full(graph.settings.requirements))
+    for p in environment:  # what says the recipes' Python packages are unchanged
+        files[p] = sig(p)
+    for folder in graph.watched:
+        dirs[full(folder)] = sig(full(folder))
+    sources = {os.path.abspath(s): sig(os.path.abspath(s)) for s in ctx.sources}
+    sigs = [s for group in (files, dirs, outputs, sources) for s in group.values()]
+    if any(s is not None and is_racy(s[1], started) for s in sigs):
         return  # something changed just now; let the next run take the full path
     stamp = {
         "sources": sources,

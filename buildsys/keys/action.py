@@ -13,14 +13,14 @@ from dataclasses import dataclass
 
 from buildsys.digest import hash_bytes
 
-SCHEMA = "bb-action-2"
+SCHEMA = "bb-action-3"
 
 
 @dataclass(frozen=True)
 class Action:
     target: str
     recipe: str
-    inputs: tuple[tuple[str, str], ...]  # (path, digest); a directory's digest is its tree's
+    inputs: tuple[tuple[str, str, bool], ...]  # (path, digest, executable), sorted; a directory's digest is its tree's
     outputs: tuple[str, ...]
     params: tuple[tuple[str, str], ...]
     env: tuple[tuple[str, str | None], ...]  # declared variables and their values
@@ -79,14 +79,18 @@ def diff(old: Action, new: Action) -> list[str]:
             lines.append(f"variable {name} changed: {old_vars[name]!r} -> {new_vars[name]!r}")
     if old.schema != new.schema:
         lines.append(f"bb's key schema changed ({old.schema} -> {new.schema})")
-    old_in, new_in = dict(old.inputs), dict(new.inputs)
+    old_in = {i[0]: tuple(i[1:]) for i in old.inputs}
+    new_in = {i[0]: tuple(i[1:]) for i in new.inputs}
     for path in sorted(new_in.keys() - old_in.keys()):
         lines.append(f"input added: {path}")
     for path in sorted(old_in.keys() - new_in.keys()):
         lines.append(f"input removed: {path}")
     for path in sorted(old_in.keys() & new_in.keys()):
-        if old_in[path] != new_in[path]:
-            lines.append(f"input changed: {path} ({old_in[path][:12]} -> {new_in[path][:12]})")
+        (old_digest, *old_x), (new_digest, *new_x) = old_in[path], new_in[path]
+        if old_digest != new_digest:
+            lines.append(f"input changed: {path} ({old_digest[:12]} -> {new_digest[:12]})")
+        elif old_x != new_x:
+            lines.append(f"input {path}: its executable bit changed")
     if old.recipe != new.recipe:
         lines.append("recipe changed:")
         changed = difflib.unified_diff(old.recipe.splitlines(), new.recipe.splitlines(), lineterm="", n=0)

@@ -14,26 +14,25 @@ from dataclasses import dataclass
 from buildsys.keys.action import SCHEMA, Action, diff
 from buildsys.errors import BBError
 from buildsys.lang.graph import Graph, Target
-from buildsys.run.materialize import read_manifest
-from buildsys.store.api import ActionResult, CorruptEntry, Store
+from buildsys.store.api import ActionResult, CorruptEntry, Store, read_manifest
 from buildsys.keys.workspace import Workspace
-from buildsys.digest import hash_bytes, tree_manifest
+from buildsys.digest import hash_bytes, signature, tree_manifest
 
 # What a recipe sees besides the variables it declares. None of these enter a
 # key: they say where a recipe runs, not what it computes.
 PASSTHROUGH = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "TMPDIR", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "VIRTUAL_ENV", "CONDA_PREFIX")
 
 
-SECRET = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|PRIVATE|_KEY$|^AWS_ACCESS_KEY_ID$", re.I)
+# Names that look like credentials: declared with @env, their values would be
+# stored in clear in every key (and so in the shared cache): bb warns.
+SECRET = re.compile(r"SECRET|TOKEN|PASSW|PASS$|CREDENTIAL|PRIVATE|_KEY|_PAT$|WEBHOOK|AUTH|COOKIE|SESSION", re.I)
 
 
-def _env_value(name: str) -> str | None:
-    """A declared variable's value as it enters the key. Values of names that
-    look secret enter as a digest, so they never sit in a store in clear."""
-    value = os.environ.get(name)
-    if value is not None and SECRET.search(name):
-        return "blake3:" + hash_bytes(value.encode())
-    return value
+def _sig(path: str) -> list | None:
+    try:
+        return signature(os.stat(path))
+    except OSError:
+        return None
 
 
 class Unknown(Exception):
@@ -48,6 +47,15 @@ class InputMissing(BBError):
     pass
 
 
+class UnusableInput(Exception):
+    """A cached upstream target's stored bytes are gone or wrong: it is a
+    miss after all, and must run before its dependents."""
+
+    def __init__(self, dep: str, reason: str):
+        super().__init__(dep)
+        self.dep, self.reason = dep, reason
+
+
 @dataclass
 class Planner:
     graph: Graph
@@ -58,12 +66,17 @@ class Planner:
         self.results: dict[str, ActionResult] = {}  # target -> the result its outputs came from
         self.warnings: list[str] = []
         self._manifests: dict[str, dict] = {}
-        self._sources: dict[str, str] = {}  # source input -> digest, this run
+        self._sources: dict[str, tuple[str, bool]] = {}  # source input -> (digest, executable), this run
+        self._tree_files: dict[str, set[str]] = {}  # source folder -> the files hashed in it
         self._environment: dict[str, tuple] = {}
 
     # -- digests ----------------------------------------------------------------
 
     def input_digest(self, path: str) -> str:
+        return self.input_entry(path)[0]
+
+    def input_entry(self, path: str) -> tuple[str, bool]:
+        """An input's digest (a tree's for a folder) and its executable bit."""
         maker = self.graph.producer_of(path.rstrip("/"))
         if maker is not None and not self.graph.targets[maker].phony:
             result = self.results.get(maker)
@@ -71,19 +84,22 @@ class Planner:
                 raise Unknown(path, maker)
             entry = result.output(path.rstrip("/"))
             if entry is not None:
-                return entry.digest
+                return entry.digest, entry.executable
             # a file inside a directory output
             for out in result.outputs:
                 prefix = out.path
                 if out.path.endswith("/") and path.startswith(prefix):
-                    files = self._manifest(out.digest)
+                    try:
+                        files = self._manifest(out.digest)
+                    except CorruptEntry as err:
+                        raise UnusableInput(maker, str(err)) from None
                     fd = files.get(path[len(prefix) :])
-                    if fd is None:
+                    if fd is None or not fd.digest:
                         raise InputMissing(
                             f"'{path}' is not among the files '{maker}' made in '{prefix}'.",
                             where=self.graph.targets[maker].location,
                         )
-                    return fd.digest
+                    return fd.digest, fd.executable
             raise Unknown(path, maker)
         known = self._sources.get(path)
         if known is not None:
@@ -91,17 +107,47 @@ class Planner:
         full = path if os.path.isabs(path) else os.path.join(self.workspace.root, path)
         try:
             if os.path.isdir(full):
-                digest = hash_bytes(tree_manifest(self.workspace.stats.tree(full)))
+                files = self.workspace.stats.tree(full)
+                self._tree_files[full] = {os.path.join(full, rel) for rel, fd in files.items() if fd.digest}
+                entry = (hash_bytes(tree_manifest(files)), False)
             else:
-                digest = self.workspace.stats.file(full).digest
-            # Source files are read once per run: recipes must not change them.
-            self._sources[path] = digest
-            return digest
+                fd = self.workspace.stats.file(full)
+                entry = (fd.digest, fd.executable)
         except FileNotFoundError:
             raise InputMissing(
                 f"input '{path}' does not exist.",
                 hint="It was there when the build started; restore it, or fix the Batchfile.",
             ) from None
+        except OSError as err:
+            raise InputMissing(f"cannot read the input '{path}': {err.strerror}.", hint="Check its permissions.") from None
+        # Source files are read once per run: recipes must not change them
+        # (checked after each recipe from the stats seen here).
+        self._sources[path] = entry
+        return entry
+
+    def changed_inputs(self, target: Target) -> str | None:
+        """An input of the target that changed since its digest was taken
+        (so while the recipe ran), or None. Compared by stat signature, as
+        seen when the digest was taken."""
+        seen = self.workspace.stats.seen
+        for path in target.inputs:
+            full = path if os.path.isabs(path) else os.path.join(self.workspace.root, path.rstrip("/"))
+            files = self._tree_files.get(full)
+            if files is not None:
+                now = set()
+                for dirpath, _, filenames in os.walk(full):
+                    for name in filenames:
+                        p = os.path.join(dirpath, name)
+                        now.add(p)
+                        if p not in files or _sig(p) != seen[p][0]:
+                            return path
+                if now != files:
+                    return path
+                continue
+            before = seen.get(full)
+            if before is not None and before[1] and _sig(full) != before[0]:
+                return path
+        return None
 
     def _manifest(self, digest: str) -> dict:
         if digest not in self._manifests:
@@ -114,7 +160,13 @@ class Planner:
             fields = [("image", image), ("shell", self.graph.settings.shell)]
             req = self.graph.settings.requirements
             if req:
-                fields.append(("requirements", self.input_digest(req)))
+                try:
+                    fields.append(("requirements", self.input_digest(req)))
+                except InputMissing:
+                    raise InputMissing(
+                        f"the requirements file '{req}' named in the settings does not exist.",
+                        hint="Create it, or fix or remove the 'requirements' setting.",
+                    ) from None
             self._environment[image] = tuple(fields)
         return self._environment[image]
 
@@ -122,19 +174,21 @@ class Planner:
 
     def action(self, target: Target) -> Action:
         """The target's action; raises Unknown while an upstream result is missing."""
-        inputs = []
+        paths = []
         for path in target.inputs:
             other = self.graph.targets.get(path)
             if other is None or not other.phony:
-                inputs.append((path, self.input_digest(path)))
+                paths.append(path)
             elif other.recipe is None:
                 # an alias stands for its targets' outputs: they enter the key
                 for name in self.graph.behind_aliases([path]):
                     t = self.graph.targets[name]
                     if not t.phony:
-                        inputs.extend((out, self.input_digest(out)) for out in t.outputs)
-        inputs = tuple(dict.fromkeys(inputs))
-        env = tuple((name, _env_value(name)) for name in target.attrs.env)
+                        paths.extend(t.outputs)
+        # Sorted: the order of the header is not a result's cause (where the
+        # recipe depends on it, through $< or $^, the recipe text says so).
+        inputs = tuple((path, *self.input_entry(path)) for path in sorted(set(paths)))
+        env = tuple((name, os.environ.get(name)) for name in target.attrs.env)
         return Action(target.name, target.recipe or "", inputs, target.outputs, target.params, env, self.environment(target), variables=target.variables)
 
     def lookup(self, target: Target, key: str) -> ActionResult | None:
@@ -164,11 +218,22 @@ class Planner:
         return tuple(o.path for o in result.outputs) == target.outputs
 
     def recipe_env(self, target: Target) -> dict:
+        """What a recipe sees: the passthrough variables (never keyed), the
+        declared ones, and its secrets (never keyed, never stored)."""
         env = {k: v for k, v in os.environ.items() if k in PASSTHROUGH or k.startswith("LC_")}
-        for name in target.attrs.env:
+        for name in target.attrs.env + getattr(target.attrs, "secrets", ()):
             if name in os.environ:
                 env[name] = os.environ[name]
         return env
+
+    def check_declared_env(self, order) -> None:
+        """Warn once per @env name that looks like a credential."""
+        names = {n for name in order for n in self.graph.targets[name].attrs.env if SECRET.search(n)}
+        for n in sorted(names):
+            self.warnings.append(
+                f"the variable {n} is declared with @env, so its value enters keys and the store in clear; "
+                f"if it is a secret, declare it with @secret instead (it then reaches the recipe but no key)"
+            )
 
     def bundle_name(self, order: list[str]) -> str:
         """A digest of everything the plan's keys depend on except upstream
@@ -178,7 +243,7 @@ class Planner:
         for name in order:
             t = self.graph.targets[name]
             sources = [[p, self.input_digest(p) if self.graph.is_source(p) else ""] for p in t.inputs]
-            env = [[n, _env_value(n)] for n in t.attrs.env]
+            env = [[n, os.environ.get(n)] for n in t.attrs.env]
             parts.append([name, t.recipe or "", list(t.outputs), sources, list(t.params), env, list(self.environment(t))])
         return hash_bytes(json.dumps([SCHEMA, parts], separators=(",", ":")).encode())
 

@@ -2,43 +2,41 @@
 CAS, and make stored outputs appear in the workspace.
 
 Workspace files are always copies (or reflinks), never hard links to blobs,
-so editing a file in the workspace can never corrupt the store.
+so editing a file in the workspace can never corrupt the store. Nothing is
+written or deleted through a symlink that leads out of the workspace.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import stat as statmod
 import time
 
+from buildsys.digest import EMPTY_DIR, FileDigest, StatCache, hash_bytes, hash_file, safe_relpath, tree_manifest
 from buildsys.errors import BBError
-from buildsys.digest import FileDigest, StatCache, hash_bytes, hash_file, tree_manifest
-from buildsys.store.api import CorruptEntry, OutputEntry, Store
+from buildsys.store.api import CorruptEntry, OutputEntry, Store, read_manifest
 
 
 class UnsafePath(BBError):
-    """A stored result names a path outside the workspace."""
+    """An output path that would land outside the workspace."""
 
-    def __init__(self, path: str):
-        super().__init__(
-            f"a stored result names the path '{path}', which is outside the workspace; it was not written.",
-            hint="The store holds a corrupt or forged entry: run 'bb cache gc' or remove it, and check who writes to the store.",
+
+def output_path(root: str, rel: str) -> str:
+    """The workspace path of an output, refusing any that would land outside
+    the workspace: absolute, '..', or through a symlinked folder."""
+    if not safe_relpath(rel):
+        raise UnsafePath(
+            f"a stored result names the path '{rel}', which is outside the workspace; it was not written.",
+            hint="The store holds a corrupt or forged entry: run 'bb cache verify --delete', and check who writes to the store.",
         )
-
-
-def safe_destination(root: str, rel: str) -> str:
-    """The workspace path for a stored output path, refusing any that would
-    land outside the workspace (absolute, '..', or through a symlink)."""
-    rel = rel.rstrip("/")
-    parts = rel.split("/")
-    if not rel or os.path.isabs(rel) or any(p in ("", ".", "..") for p in parts):
-        raise UnsafePath(rel)
-    full = os.path.join(root, rel)
+    full = os.path.join(root, rel.rstrip("/"))
     real_root = os.path.realpath(root)
     parent = os.path.realpath(os.path.dirname(full))
     if parent != real_root and not parent.startswith(real_root + os.sep):
-        raise UnsafePath(rel)
+        raise UnsafePath(
+            f"the output '{rel}' would be written outside the workspace, to '{parent}', because a folder on its path is a symlink.",
+            hint="bb does not write or delete through symlinks that leave the workspace: replace the symlink with a real folder, or declare the output elsewhere.",
+        )
     return full
 
 
@@ -48,43 +46,43 @@ class OutputMissing(Exception):
         self.path = path
 
 
-def _file_digest(stats: StatCache, path: str) -> FileDigest:
+def _capture_file(store: Store, stats: StatCache, full: str) -> FileDigest:
     try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise OutputMissing(path) from None
-    if statmod.S_ISDIR(st.st_mode):
-        raise OutputMissing(path)
-    return stats.file(path, st)
+        digest, st = store.put_file(full)
+    except (FileNotFoundError, IsADirectoryError):
+        raise OutputMissing(full) from None
+    stats.remember(full, st, digest)
+    return FileDigest(digest, st.st_size, bool(st.st_mode & statmod.S_IXUSR))
 
 
 def capture(store: Store, stats: StatCache, root: str, outputs: tuple[str, ...]) -> tuple[OutputEntry, ...]:
-    """Put each declared output (file or directory) into the CAS."""
+    """Put each declared output (file or directory) into the CAS. The bytes
+    are hashed as they are copied; a file that changes meanwhile raises
+    buildsys.store.local.FileChanged."""
     entries = []
     for out in outputs:
-        full = os.path.join(root, out.rstrip("/"))
+        full = output_path(root, out)
         if out.endswith("/"):
-            if not os.path.isdir(full):
+            if not os.path.isdir(full) or os.path.islink(full):
                 raise OutputMissing(out)
-            files = stats.tree(full)
-            for rel, fd in files.items():
-                store.put_file(os.path.join(full, rel), fd.digest)
-            manifest = tree_manifest(files)
-            digest = hash_bytes(manifest)
-            store.put_bytes(manifest, digest)
+            files: dict[str, FileDigest] = {}
+            for dirpath, dirnames, filenames in os.walk(full):
+                dirnames.sort()
+                rel_dir = os.path.relpath(dirpath, full).replace(os.sep, "/")
+                if not dirnames and not filenames and dirpath != full:
+                    files[rel_dir + "/"] = EMPTY_DIR
+                for name in filenames:
+                    rel = name if rel_dir == "." else f"{rel_dir}/{name}"
+                    files[rel] = _capture_file(store, stats, os.path.join(dirpath, name))
+            digest = store.put_bytes(tree_manifest(files))
             entries.append(OutputEntry(out, digest, sum(f.size for f in files.values())))
         else:
             try:
-                fd = _file_digest(stats, full)
+                fd = _capture_file(store, stats, full)
             except OutputMissing:
                 raise OutputMissing(out) from None
-            store.put_file(full, fd.digest)
             entries.append(OutputEntry(out, fd.digest, fd.size, fd.executable))
     return tuple(entries)
-
-
-def read_manifest(store: Store, digest: str) -> dict[str, FileDigest]:
-    return {rel: FileDigest(d, size, bool(x)) for rel, d, size, x in json.loads(store.read_bytes(digest))}
 
 
 class CorruptBlob(BBError, CorruptEntry):
@@ -92,7 +90,7 @@ class CorruptBlob(BBError, CorruptEntry):
         super().__init__(f"stored blob {digest[:12]} for '{os.path.relpath(path)}' does not match its digest; removed it from the store")
 
 
-def _place(store: Store, digest: str, dest: str, executable: bool) -> None:
+def _place(store: Store, stats: StatCache, digest: str, dest: str, executable: bool) -> None:
     """Copy a blob into the workspace, verifying its bytes on the way."""
     parent = os.path.dirname(dest) or "."
     os.makedirs(parent, exist_ok=True)
@@ -106,70 +104,99 @@ def _place(store: Store, digest: str, dest: str, executable: bool) -> None:
         if os.path.isdir(dest) and not os.path.islink(dest):
             shutil.rmtree(dest)
         os.replace(tmp, dest)
+        stats.remember(dest, os.stat(dest), digest)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
 
 
-def in_workspace(stats: StatCache, full: str, entry: OutputEntry) -> bool:
-    """Does the workspace already hold exactly this output?"""
+def workspace_digest(stats: StatCache, full: str, is_dir: bool) -> str | None:
+    """The digest of what the workspace holds at an output's path (a tree's
+    for a folder), or None if nothing of that kind is there."""
     try:
-        if entry.path.endswith("/"):
-            return os.path.isdir(full) and hash_bytes(tree_manifest(stats.tree(full))) == entry.digest
-        st = os.stat(full)
-        if not statmod.S_ISREG(st.st_mode):
-            return False
-        return stats.file(full, st).digest == entry.digest
+        st = os.lstat(full)
     except OSError:
-        return False
+        return None
+    if is_dir:
+        if not statmod.S_ISDIR(st.st_mode):
+            return None
+        return hash_bytes(tree_manifest(stats.tree(full)))
+    if not statmod.S_ISREG(st.st_mode):
+        return None
+    return stats.file(full, st).digest
 
 
-def materialize(store: Store, stats: StatCache, root: str, entries: tuple[OutputEntry, ...]) -> list[str]:
-    """Make the workspace hold these outputs; returns the paths it changed."""
+def materialize(store: Store, stats: StatCache, root: str, entries: tuple[OutputEntry, ...], set_aside=None) -> list[str]:
+    """Make the workspace hold these outputs; returns the paths it changed.
+    `set_aside(path)` is asked first about each path that holds something
+    else, so that nothing bb did not write is lost."""
     changed = []
     for entry in entries:
-        full = safe_destination(root, entry.path)
-        if in_workspace(stats, full, entry):
+        full = output_path(root, entry.path)
+        is_dir = entry.path.endswith("/")
+        if workspace_digest(stats, full, is_dir) == entry.digest:
             continue
-        if entry.path.endswith("/"):
+        if set_aside is not None and os.path.lexists(full):
+            set_aside(entry.path)
+        if is_dir:
             files = read_manifest(store, entry.digest)
-            if os.path.exists(full) and not os.path.isdir(full):
+            if os.path.lexists(full) and (os.path.islink(full) or not os.path.isdir(full)):
                 os.unlink(full)
             os.makedirs(full, exist_ok=True)
             present = stats.tree(full)
             for rel in present.keys() - files.keys():
-                os.unlink(os.path.join(full, rel))
-            store.fetch_many(fd.digest for rel, fd in files.items() if present.get(rel) is None or present[rel].digest != fd.digest)
+                path = os.path.join(full, rel)
+                if not rel.endswith("/"):
+                    os.unlink(path)
+            store.fetch_many(fd.digest for rel, fd in files.items() if fd.digest and (present.get(rel) is None or present[rel].digest != fd.digest))
             for rel, fd in files.items():
-                safe_destination(full, rel)
+                dest = output_path(full, rel)
+                if not fd.digest:
+                    os.makedirs(dest, exist_ok=True)
+                    continue
                 have = present.get(rel)
                 if have is None or have.digest != fd.digest or have.executable != fd.executable:
-                    _place(store, fd.digest, os.path.join(full, rel), fd.executable)
-            _prune_empty_dirs(full)
+                    _place(store, stats, fd.digest, dest, fd.executable)
+            _prune_empty_dirs(full, keep={rel.rstrip("/") for rel in files if rel.endswith("/")})
         else:
-            _place(store, entry.digest, full, entry.executable)
+            _place(store, stats, entry.digest, full, entry.executable)
         changed.append(entry.path)
     return changed
 
 
-def _prune_empty_dirs(top: str) -> None:
+def _prune_empty_dirs(top: str, keep=frozenset()) -> None:
     for dirpath, dirnames, filenames in os.walk(top, topdown=False):
-        if dirpath != top and not dirnames and not filenames:
+        rel = os.path.relpath(dirpath, top).replace(os.sep, "/")
+        if dirpath != top and rel not in keep and not os.listdir(dirpath):
             try:
                 os.rmdir(dirpath)
             except OSError:
                 pass
 
 
-def remove_outputs(root: str, outputs: tuple[str, ...]) -> None:
-    """Delete declared outputs (before a run, and after a failed one)."""
+def remove_outputs(root: str, outputs: tuple[str, ...], prune_to: str | None = None) -> list[str]:
+    """Delete declared outputs (before a run, after a failed one, and for
+    `bb clean`); never through a symlink leaving the workspace. `prune_to`:
+    also remove the folders this leaves empty, up to that folder. Returns the
+    outputs that were there."""
+    removed = []
     for out in outputs:
-        full = os.path.join(root, out.rstrip("/"))
+        full = output_path(root, out)
         try:
             if os.path.isdir(full) and not os.path.islink(full):
                 shutil.rmtree(full)
             else:
                 os.unlink(full)
+            removed.append(out)
         except FileNotFoundError:
-            pass
+            continue
+        if prune_to is not None:
+            parent = os.path.dirname(full)
+            while parent != prune_to and parent.startswith(prune_to + os.sep):
+                try:
+                    os.rmdir(parent)
+                except OSError:
+                    break
+                parent = os.path.dirname(parent)
+    return removed

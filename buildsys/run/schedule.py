@@ -6,25 +6,21 @@ computed when its dependencies are done, from the digests of their outputs.
 """
 from __future__ import annotations
 
+import errno
 import os
 import time
 from collections import deque
 
 from buildsys import __version__
 from buildsys.keys.action import Action
-from buildsys.digest import hash_bytes
 from buildsys.run.executors import Executor, Job
 from buildsys.lang.graph import Target
-from buildsys.run.materialize import OutputMissing, capture, materialize, remove_outputs
-from buildsys.keys.plan import Planner, Unknown
+from buildsys.errors import BBError
+from buildsys.keys.plan import Planner, Unknown, UnusableInput
+from buildsys.run.materialize import OutputMissing, capture, materialize, output_path, remove_outputs, workspace_digest
 from buildsys.run.report import BUILT, CACHED, FAILED, SKIPPED, WOULD_RUN, TargetReport
 from buildsys.store.api import ActionResult, CorruptEntry
-
-class _Repair(Exception):
-    def __init__(self, dep: str, reason: str):
-        super().__init__(dep)
-        self.dep, self.reason = dep, reason
-
+from buildsys.store.local import FileChanged
 
 class Scheduler:
     def __init__(self, planner: Planner, executor: Executor, ui, *, jobs: int, keep_going=False, always=False, dry_run=False, explain=False):
@@ -75,7 +71,7 @@ class Scheduler:
                     target = self.graph.targets[name]
                     try:
                         outcome = self._resolve(target)
-                    except _Repair as repair:
+                    except UnusableInput as repair:
                         # A cached input's stored bytes are gone or wrong: that
                         # target is a miss after all. Run it, then come back.
                         dep = repair.dep
@@ -173,6 +169,8 @@ class Scheduler:
             return TargetReport(name, status)
         try:
             action = self.planner.action(target)
+        except CorruptEntry as err:  # a forged or broken result of a dependency
+            raise UnusableInput(self.graph.deps[name][0], str(err)) from None
         except Unknown as u:
             made = f"'{u.path}'" if u.path.rstrip("/") == u.maker else f"'{u.path}' (made by '{u.maker}')"
             return TargetReport(name, WOULD_RUN, reasons=[f"input {made} will be rebuilt first; if its bytes come out unchanged, this target is not run"], waiting_on=u.maker)
@@ -195,21 +193,24 @@ class Scheduler:
         self.planner.results.pop(name, None)
         self.force.add(name)
 
-    def bring_home(self, roots: list[str]) -> None:
-        """Requested targets that came from the store appear in the workspace;
-        those whose stored bytes prove unusable are rebuilt."""
-        wanted = [n for n in self.graph.behind_aliases(roots) if n in self.planner.results and self.reports[n].status == CACHED]
-        store, ws = self.planner.store, self.planner.workspace
+    def bring_home(self, roots: list[str], *, intermediates: bool = True) -> None:
+        """Make the workspace match the graph: every output of the built
+        targets (only the requested ones without `intermediates`) holds the
+        bytes of its current result. Targets whose stored bytes prove
+        unusable are rebuilt."""
+        names = self.graph.closure(roots) if intermediates else self.graph.behind_aliases(roots)
+        wanted = [n for n in names if n in self.planner.results and self.reports.get(n) and self.reports[n].status in (CACHED, BUILT)]
+        store = self.planner.store
         # every needed blob at once, not one target after another; a bad one
         # is dealt with below, target by target
         try:
-            store.fetch_many(o.digest for n in wanted for o in self.planner.results[n].outputs)
+            store.fetch_many(o.digest for n in wanted if self.reports[n].status == CACHED for o in self.planner.results[n].outputs)
         except CorruptEntry:
             pass
         broken = []
         for name in wanted:
             try:
-                for path in materialize(store, ws.stats, ws.root, self.planner.results[name].outputs):
+                for path in self._materialize(name):
                     self.ui.note(f"restored {path} from the store")
             except CorruptEntry as err:
                 self._unusable(name, str(err))
@@ -217,16 +218,30 @@ class Scheduler:
         if broken:
             self.build(broken)
 
+    def _materialize(self, name: str) -> list[str]:
+        ws = self.planner.workspace
+        return materialize(self.planner.store, ws.stats, ws.root, self.planner.results[name].outputs, set_aside=lambda path: self._set_aside(name, path))
+
+    def _set_aside(self, name: str, path: str) -> None:
+        """Something other than the bytes bb last wrote sits at an output path
+        (edited by hand, or never written by bb): keep it, out of the way."""
+        ws = self.planner.workspace
+        full = os.path.join(ws.root, path.rstrip("/"))
+        previous = ws.previous_digest(name, path)
+        if previous is not None and workspace_digest(ws.stats, full, path.endswith("/")) == previous:
+            return  # bb's own bytes of an earlier build: simply replaced
+        dest = ws.set_aside(path)
+        self.planner.warnings.append(f"'{path.rstrip('/')}' was changed outside bb (or bb did not write it); moved it to {dest}")
+
     def _bring_inputs(self, target: Target) -> None:
         """A recipe about to run reads its inputs from the workspace: make sure
         the outputs of cached upstream targets are there."""
         for dep in self.graph.behind_aliases(self.graph.deps[target.name]):
-            result = self.planner.results.get(dep)
-            if result is not None and self.reports[dep].status == CACHED:
+            if dep in self.planner.results and self.reports[dep].status == CACHED:
                 try:
-                    materialize(self.planner.store, self.planner.workspace.stats, self.planner.workspace.root, result.outputs)
+                    self._materialize(dep)
                 except CorruptEntry as err:
-                    raise _Repair(dep, str(err)) from None
+                    raise UnusableInput(dep, str(err)) from None
 
     # -- one target, on a worker thread ----------------------------------------------
 
@@ -235,11 +250,24 @@ class Scheduler:
         store = self.planner.store
         key = action.key()
         reasons = self.planner.why(target, action) if self.explain else []
-        remove_outputs(ws.root, target.outputs)
-        for out in target.outputs if not target.phony else ():
-            ws.ensure_dir(os.path.dirname(os.path.join(ws.root, out.rstrip("/"))))
-        job = Job(target.name, target.recipe or "", self.graph.settings.shell, ws.root, self.planner.recipe_env(target), target.attrs.timeout)
         started = time.time()
+
+        def failed(error: str, output: bytes = b"") -> TargetReport:
+            try:
+                remove_outputs(ws.root, () if target.phony else target.outputs)
+            except (OSError, BBError):
+                pass
+            log = ws.write_log(target.name, output) if output else ""
+            return TargetReport(target.name, FAILED, key, time.time() - started, reasons, error=error, output=output.decode("utf-8", "replace"), log=log)
+
+        if not target.phony:
+            try:
+                self._clear_outputs(target)
+            except BBError as err:
+                return TargetReport(target.name, FAILED, key, 0.0, reasons, error=f"{err.message} {err.hint}".strip())
+            except OSError as err:
+                return TargetReport(target.name, FAILED, key, 0.0, reasons, error=f"cannot prepare its outputs: {err}")
+        job = Job(target.name, target.recipe or "", self.graph.settings.shell, ws.root, self.planner.recipe_env(target), target.attrs.timeout)
         output = b""
         for attempt in range(target.attrs.retries + 1):
             outcome = self.executor.run(job)
@@ -250,31 +278,51 @@ class Scheduler:
                 self.ui.note(f"{target.name}: attempt {attempt + 1} failed (exit {outcome.exit_code}); retrying")
                 output += f"[bb: attempt {attempt + 1} failed with exit code {outcome.exit_code}; retrying]\n".encode()
         duration = time.time() - started
-        text = output.decode("utf-8", "replace")
-
-        def failed(error: str) -> TargetReport:
-            remove_outputs(ws.root, target.outputs)
-            return TargetReport(target.name, FAILED, key, duration, reasons, error=error, output=text, log=ws.write_log(target.name, output))
 
         if outcome.interrupted:
-            return failed("interrupted")
+            return failed("interrupted", output)
         if outcome.exit_code != 0:
-            return failed(f"timed out after {target.attrs.timeout:g}s" if outcome.timed_out else f"recipe exited with code {outcome.exit_code}")
+            return failed(f"timed out after {target.attrs.timeout:g}s" if outcome.timed_out else f"recipe exited with code {outcome.exit_code}", output)
+        changed = self.planner.changed_inputs(target)
+        if changed:
+            return failed(
+                f"its input '{changed}' changed while the recipe ran, so the result may mix old and new bytes; nothing was recorded. Run bb again.",
+                output,
+            )
         if target.phony:
-            return TargetReport(target.name, BUILT, key, duration, reasons, output=text)
+            return TargetReport(target.name, BUILT, key, duration, reasons, output=output.decode("utf-8", "replace"))
         try:
             outputs = capture(store, ws.stats, ws.root, target.outputs)
+            log_digest = store.put_bytes(output) if output else ""
+            result = ActionResult(
+                key, outputs, 0, log_digest, outcome.started, duration, action.to_json(),
+                provenance={"host": os.uname().nodename, "bb": __version__, "executor": "local"},
+            )
+            store.put_result(result)
         except OutputMissing as missing:
             kind = "directory" if missing.path.endswith("/") else "file"
-            return failed(f"recipe succeeded but did not create the declared output {kind} '{missing.path}'")
-        log_digest = hash_bytes(output) if output else ""
-        if output:
-            store.put_bytes(output, log_digest)
-        result = ActionResult(
-            key, outputs, 0, log_digest, outcome.started, duration, action.to_json(),
-            provenance={"host": os.uname().nodename, "bb": __version__, "executor": "local"},
-        )
-        store.put_result(result)
+            return failed(f"recipe succeeded but did not create the declared output {kind} '{missing.path}'", output)
+        except FileChanged as err:
+            return failed(f"the output '{os.path.relpath(str(err), ws.root)}' changed while bb stored it (is a process the recipe started still writing it?); nothing was recorded", output)
+        except BBError as err:
+            return failed(f"{err.message} {err.hint}".strip(), output)
+        except OSError as err:
+            where = getattr(store, "root", "the store")
+            if err.errno == errno.ENOSPC:
+                return failed(f"no space left on the device while storing its outputs in {where}; nothing was recorded. Free some space (bb cache gc --max-size ...) or move the store (--store DIR, BB_STORE), then run bb again.", output)
+            return failed(f"could not store its outputs in {where}: {err}; nothing was recorded", output)
         self.planner.results[target.name] = result
         ws.record(target.name, result)
-        return TargetReport(target.name, BUILT, key, duration, reasons, output=text)
+        return TargetReport(target.name, BUILT, key, duration, reasons, output=output.decode("utf-8", "replace"))
+
+    def _clear_outputs(self, target: Target) -> None:
+        """Before a recipe runs: its outputs' places are empty (what bb did not
+        write is set aside, never deleted) and their folders exist."""
+        ws = self.planner.workspace
+        for out in target.outputs:
+            full = output_path(ws.root, out)
+            if os.path.lexists(full):
+                self._set_aside(target.name, out)
+        remove_outputs(ws.root, target.outputs)
+        for out in target.outputs:
+            ws.ensure_dir(os.path.dirname(os.path.join(ws.root, out.rstrip("/"))))

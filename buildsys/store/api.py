@@ -10,8 +10,11 @@ same everywhere:
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from buildsys.digest import FileDigest, hash_bytes, is_digest, parse_manifest
 
 
 @dataclass(frozen=True)
@@ -50,21 +53,50 @@ class ActionResult:
         return json.dumps(self.to_json(), separators=(",", ":")).encode()
 
     @classmethod
-    def from_json(cls, raw: dict) -> "ActionResult":
-        raw = dict(raw)
-        raw["outputs"] = tuple(OutputEntry(o["path"], o["digest"], o["size"], o["executable"]) for o in raw["outputs"])
-        return cls(**raw)
+    def from_json(cls, raw) -> "ActionResult":
+        """A result as stored, every field checked to be what bb writes:
+        anything else (a digest that is not one, a null, a number where a
+        digest belongs) raises CorruptEntry and is never used as a path."""
+        try:
+            outputs = tuple(
+                OutputEntry(o["path"], o["digest"], o["size"], o["executable"]) for o in raw["outputs"]
+            )
+            result = cls(
+                raw["key"], outputs, raw["exit_code"], raw["log"], raw["started"], raw["duration"],
+                raw.get("action", {}), raw.get("provenance", {}),
+            )
+        except (TypeError, KeyError, AttributeError, ValueError):
+            raise CorruptEntry("malformed") from None
+        ok = (
+            is_digest(result.key)
+            and (result.log == "" or is_digest(result.log))
+            and type(result.exit_code) is int
+            and all(type(x) in (int, float) for x in (result.started, result.duration))
+            and type(result.action) is dict
+            and type(result.provenance) is dict
+            and all(
+                type(o.path) is str and is_digest(o.digest) and type(o.size) is int and o.size >= 0 and type(o.executable) is bool
+                for o in outputs
+            )
+        )
+        if not ok:
+            raise CorruptEntry("malformed")
+        return result
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "ActionResult":
-        return cls.from_json(json.loads(data))
+        try:
+            raw = json.loads(data)
+        except ValueError:
+            raise CorruptEntry("not JSON") from None
+        return cls.from_json(raw)
 
     @classmethod
     def parse(cls, data: bytes, key: str, where: str) -> "ActionResult":
         """A stored result, checked to be well-formed and to be the one for `key`."""
         try:
             result = cls.from_bytes(data)
-        except (ValueError, TypeError, KeyError, AttributeError):
+        except CorruptEntry:
             raise CorruptEntry(f"action result {key[:12]} in {where} is not valid") from None
         if result.key != key:
             raise CorruptEntry(f"action result {key[:12]} in {where} names another key")
@@ -79,7 +111,7 @@ class ActionResult:
 
 class Store(Protocol):
     def has_blob(self, digest: str) -> bool: ...
-    def put_file(self, path: str, digest: str) -> None: ...
+    def put_file(self, path: str) -> tuple[str, os.stat_result]: ...
     def put_bytes(self, data: bytes, digest: str) -> None: ...
     def read_bytes(self, digest: str) -> bytes: ...
     def fetch(self, digest: str, dest: str) -> None: ...
@@ -90,6 +122,19 @@ class Store(Protocol):
 
 
 class CorruptEntry(Exception):
-    """A stored blob or result does not match its name."""
+    """A stored blob, result or manifest does not match its name or is not
+    what bb writes: a miss, never something to act on."""
+
+
+def read_manifest(store: Store, digest: str) -> dict[str, FileDigest]:
+    """A tree manifest from a store, verified against its digest and checked
+    entry by entry (no path leaves the tree, every digest is one)."""
+    data = store.read_bytes(digest)
+    if hash_bytes(data) != digest:
+        raise CorruptEntry(f"tree manifest {digest[:12]} does not match its digest")
+    try:
+        return parse_manifest(data)
+    except ValueError as err:
+        raise CorruptEntry(f"tree manifest {digest[:12]} is not valid ({err})") from None
 
 

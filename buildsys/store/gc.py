@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from buildsys import units
 from buildsys.errors import UsageError
-from buildsys.store.api import ActionResult
+from buildsys.store.api import ActionResult, CorruptEntry
 
 # Blobs younger than this are never collected: a build in flight writes its
 # blobs before its action result.
@@ -64,15 +64,15 @@ def _names(result: ActionResult | None, manifest) -> set[str]:
         names.add(out.digest)
         if out.path.endswith("/"):
             try:
-                names.update(fd.digest for fd in manifest(out.digest).values())
-            except (OSError, ValueError, KeyError):
+                names.update(fd.digest for fd in manifest(out.digest).values() if fd.digest)
+            except (OSError, ValueError, KeyError, CorruptEntry):
                 pass
     return names
 
 
 class LocalBackend(_Backend):
     def __init__(self, store):
-        from buildsys.run.materialize import read_manifest
+        from buildsys.store.api import read_manifest
 
         self.store = store
         self.manifest = lambda d: read_manifest(store, d)
@@ -101,7 +101,7 @@ class LocalBackend(_Backend):
 
 class SharedBackend(_Backend):
     def __init__(self, tiered):
-        from buildsys.run.materialize import read_manifest
+        from buildsys.store.api import read_manifest
 
         self.tiered = tiered
         self.remote = tiered.remote

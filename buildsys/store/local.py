@@ -7,10 +7,18 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat as statmod
+import threading
 import time
 
-from buildsys.digest import hash_file
-from buildsys.store.api import ActionResult
+from blake3 import blake3
+
+from buildsys.digest import CHUNK, hash_bytes, hash_file, is_digest, signature
+from buildsys.store.api import ActionResult, CorruptEntry
+
+
+class FileChanged(Exception):
+    """A file changed while it was being copied into the store."""
 
 FICLONE = 0x40049409
 _reflink_works = True
@@ -69,17 +77,24 @@ class LocalStore:
         self._listed: dict[str, set[str]] = {}
 
     def blob_path(self, digest: str) -> str:
+        if not is_digest(digest):  # never a path from a name that is not a digest
+            raise CorruptEntry(f"'{str(digest)[:20]}' is not a digest")
         return f"{self.cas}/{digest[:2]}/{digest}"
 
     def result_path(self, key: str) -> str:
+        if not is_digest(key):
+            raise CorruptEntry(f"'{str(key)[:20]}' is not an action key")
         return f"{self.ac}/{key[:2]}/{key}"
 
-    def _atomic(self, final: str, write) -> None:
+    def _shard(self, final: str) -> None:
         parent = os.path.dirname(final)
         if parent not in self._made:
             os.makedirs(parent, exist_ok=True)
             self._made.add(parent)
-        tmp = os.path.join(parent, f".tmp.{os.getpid()}.{time.monotonic_ns()}")
+
+    def _atomic(self, final: str, write) -> None:
+        self._shard(final)
+        tmp = os.path.join(os.path.dirname(final), f".tmp.{os.getpid()}.{time.monotonic_ns()}")
         try:
             write(tmp)
             os.replace(tmp, final)
@@ -93,26 +108,60 @@ class LocalStore:
     def has_blob(self, digest: str) -> bool:
         return os.path.exists(self.blob_path(digest))
 
-    def put_file(self, path: str, digest: str) -> None:
+    def put_file(self, path: str) -> tuple[str, os.stat_result]:
+        """Copy a file into the CAS, hashing the bytes as they are written, so
+        the stored bytes are exactly the hashed ones. Returns the digest and
+        the file's stat; raises FileChanged if the file changed meanwhile."""
+        src = os.open(path, os.O_RDONLY)
+        try:
+            st = os.fstat(src)
+            if not statmod.S_ISREG(st.st_mode):
+                raise IsADirectoryError(path)
+            self._shard(self.cas + "/x")
+            tmp = f"{self.cas}/.tmp.{os.getpid()}.{threading.get_ident()}.{time.monotonic_ns()}"
+            dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+            try:
+                h = blake3()
+                buf = bytearray(min(CHUNK, max(st.st_size, 1 << 16)))
+                view = memoryview(buf)
+                with open(src, "rb", buffering=0, closefd=False) as f:
+                    while n := f.readinto(buf):
+                        h.update(view[:n])
+                        written = 0
+                        while written < n:
+                            written += os.write(dst, view[written:n])
+                os.close(dst)
+                dst = -1
+                if signature(os.fstat(src)) != signature(st):
+                    raise FileChanged(path)
+                digest = h.hexdigest()
+                final = self.blob_path(digest)
+                self._shard(final)
+                os.replace(tmp, final)
+            except BaseException:
+                if dst >= 0:
+                    os.close(dst)
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+                raise
+        finally:
+            os.close(src)
+        return digest, st
+
+    def put_bytes(self, data: bytes) -> str:
+        digest = hash_bytes(data)
         final = self.blob_path(digest)
         if os.path.exists(final):
-            return
-
-        def write(tmp):
-            _clone(path, tmp, 0o444)
-
-        self._atomic(final, write)
-
-    def put_bytes(self, data: bytes, digest: str) -> None:
-        final = self.blob_path(digest)
-        if os.path.exists(final):
-            return
+            return digest
 
         def write(tmp):
             with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444), "wb") as f:
                 f.write(data)
 
         self._atomic(final, write)
+        return digest
 
     def read_bytes(self, digest: str) -> bytes:
         with open(self.blob_path(digest), "rb") as f:
@@ -188,7 +237,7 @@ def _walk(top: str):
         except NotADirectoryError:
             continue
         for name in names:
-            if name.startswith(".tmp."):
+            if not is_digest(name):  # temp files, or anything bb did not write
                 continue
             path = os.path.join(folder, name)
             try:

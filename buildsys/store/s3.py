@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from buildsys.digest import blake3
+from buildsys.digest import blake3, is_digest
 from buildsys.errors import BBError
 from buildsys.store.api import ActionResult, CorruptEntry
 
@@ -122,9 +122,13 @@ class S3Store:
         return "/".join(p for p in (self.url.prefix, *parts) if p)
 
     def blob_key(self, digest: str) -> str:
+        if not is_digest(digest):
+            raise CorruptEntry(f"'{str(digest)[:20]}' is not a digest")
         return self._key("cas", digest[:2], digest)
 
     def result_key(self, key: str) -> str:
+        if not is_digest(key):
+            raise CorruptEntry(f"'{str(key)[:20]}' is not an action key")
         return self._key("ac", key[:2], key)
 
     def _call(self, doing: str, fn, **kw):

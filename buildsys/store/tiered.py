@@ -14,9 +14,8 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from buildsys.run.materialize import read_manifest
 from buildsys.store.s3 import S3Store
-from buildsys.store.api import ActionResult, CorruptEntry
+from buildsys.store.api import ActionResult, CorruptEntry, read_manifest
 from buildsys.store.local import LocalStore
 
 TRANSFER_THREADS = 16
@@ -61,7 +60,7 @@ class TieredStore:
                 result = ActionResult.from_json(raw)
                 if result.key != key:
                     result = None
-            except (KeyError, TypeError, AttributeError, ValueError):
+            except CorruptEntry:
                 result = None
         if result is None:
             result = self.remote.get_result(key)
@@ -158,11 +157,11 @@ class TieredStore:
         self._ensure_local(digest)
         return self.local.read_bytes(digest)
 
-    def put_file(self, path: str, digest: str) -> None:
-        self.local.put_file(path, digest)
+    def put_file(self, path: str):
+        return self.local.put_file(path)
 
-    def put_bytes(self, data: bytes, digest: str) -> None:
-        self.local.put_bytes(data, digest)
+    def put_bytes(self, data: bytes) -> str:
+        return self.local.put_bytes(data)
 
     def discard(self, digest: str) -> None:
         self.local.discard(digest)
@@ -174,7 +173,7 @@ class TieredStore:
         for out in result.outputs:
             digests.append(out.digest)
             if out.path.endswith("/"):
-                digests.extend(fd.digest for fd in read_manifest(self.local, out.digest).values())
+                digests.extend(fd.digest for fd in read_manifest(self.local, out.digest).values() if fd.digest)
         return digests
 
     def _upload(self, result: ActionResult, absent: set[str] | None = None) -> None:
@@ -227,8 +226,11 @@ class TieredStore:
         self._raise_upload_errors()
         for result in results.values():
             if result.key in self._remote_results and all(self.local.has_blob(d) for d in self.blobs_of_local(result)):
-                if result.log:
-                    self._ensure_local(result.log)
+                try:
+                    if result.log:
+                        self._ensure_local(result.log)
+                except CorruptEntry:
+                    continue  # its log is gone or bad: keep only the outputs
                 self.local.put_result(result)
 
     def share(self, results: dict[str, ActionResult]) -> None:
@@ -252,7 +254,7 @@ class TieredStore:
         digests = [o.digest for o in result.outputs]
         for out in result.outputs:
             if out.path.endswith("/") and self.local.has_blob(out.digest):
-                digests.extend(fd.digest for fd in read_manifest(self.local, out.digest).values())
+                digests.extend(fd.digest for fd in read_manifest(self.local, out.digest).values() if fd.digest)
         return digests
 
     def close(self) -> None:

@@ -31,3 +31,6 @@ class Executor(Protocol):
 
     def cancel_all(self) -> None:
         """Stop every running job (Ctrl-C); their `run` calls return interrupted."""
+
+    def close(self) -> None:
+        """The build is over and every `run` call has returned."""
