@@ -10,7 +10,7 @@ import time
 from buildsys import __version__
 from buildsys.errors import BatchfileError, BBError, BuildFailed, Interrupted, UsageError
 
-COMMANDS = ("build", "plan", "why", "log", "list", "graph", "clean", "cache")
+COMMANDS = ("build", "plan", "why", "status", "log", "list", "graph", "clean", "cache")
 BATCHFILE_NAMES = ("Batchfile", "batchfile", "Batchfile.bb")
 
 
@@ -117,7 +117,7 @@ def _run(args, *, dry_run: bool):
     jobs = args.jobs or ctx.graph.settings.jobs or os.cpu_count() or 1
     quiet = args.quiet or dry_run
     ui = PlainUI(quiet=True) if dry_run else make_ui(verbose=args.verbose, quiet=quiet)
-    planner = Planner(ctx.graph, ctx.store, ctx.workspace)
+    planner = ctx.planner = Planner(ctx.graph, ctx.store, ctx.workspace)
     executor = None
     if not dry_run:
         from buildsys.run.executors.local import LocalExecutor
@@ -143,7 +143,7 @@ def _run(args, *, dry_run: bool):
     finally:
         if executor is not None:
             executor.close()
-        ctx.workspace.save()
+        ctx.workspace.save(index=not dry_run)
         ui.end()
         if shared:
             ctx.store.close()
@@ -244,7 +244,8 @@ def cmd_build(args) -> int:
     if not failed:
         seen = {p: s for p, (s, _) in ctx.workspace.stats.seen.items()}
         seen.update(ctx.read)
-        noop.write(stamp, ctx, roots, reports, seen)
+        python = getattr(ctx, "planner", None) and getattr(ctx.planner, "_python", None)
+        noop.write(stamp, ctx, roots, reports, seen, python.watch if python else ())
     _report(args, [r.to_json() for r in reports.values()], seconds)
     if failed:
         names = ", ".join(f"'{r.name}'" for r in failed[:5])
@@ -308,6 +309,51 @@ def cmd_why(args) -> int:
 
 
 # ---- inspection ---------------------------------------------------------------------
+
+
+def cmd_status(args) -> int:
+    """Does the workspace hold what the graph says? Each output of the
+    selected targets (and everything they need) is ok, missing, stale (the
+    bytes of another build), modified (changed outside bb) or out of date
+    (its target would run)."""
+    from buildsys.run.materialize import workspace_digest
+
+    args.jobs, args.keep_going, args.always_make, args.quiet = 1, True, False, True
+    verbose, args.verbose = args.verbose, False
+    ctx, roots, reports, _ = _run(args, dry_run=True)
+    ws = ctx.workspace
+    rows = []
+    for name in ctx.graph.closure(roots):
+        target = ctx.graph.targets[name]
+        if target.phony:
+            continue
+        result = ctx.planner.results.get(name) if reports[name].status == "cached" else None
+        for out in target.outputs:
+            full = os.path.join(ctx.root, out.rstrip("/"))
+            have = workspace_digest(ws.stats, full, out.endswith("/"))
+            if result is None:
+                state = "out of date"
+            elif have == result.output(out.rstrip("/")).digest:
+                state = "ok"
+            elif not os.path.lexists(full):
+                state = "missing"
+            elif have is not None and have == ws.previous_digest(name, out):
+                state = "stale"
+            else:
+                state = "modified"
+            rows.append({"path": out, "target": name, "state": state})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        if verbose or row["state"] != "ok":
+            print(f"{row['state']:<12}{row['path']}")
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["state"]] = counts.get(row["state"], 0) + 1
+    print("bb: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ("; 'bb build' makes the workspace match" if set(counts) - {"ok"} else ""), file=sys.stderr)
+    return 0
+
 
 
 def cmd_log(args) -> int:
@@ -383,19 +429,21 @@ def cmd_clean(args) -> int:
     import shutil
 
     from buildsys.lang.graph import select
-    from buildsys.run.materialize import remove_outputs
+    from buildsys.run.materialize import UnsafePath, remove_outputs
 
     targets, args.overrides = _split_overrides(args.targets)
     ctx = load_context(args, wanted=targets, shared=False)
+    _lock(args)
     names = select(ctx.graph, targets) if targets else list(ctx.graph.targets)
     removed = 0
     for name in names:
         t = ctx.graph.targets[name]
         if t.phony:
             continue
-        present = [o for o in t.outputs if os.path.lexists(os.path.join(ctx.root, o.rstrip("/")))]
-        remove_outputs(ctx.root, t.outputs)
-        removed += len(present)
+        try:
+            removed += len(remove_outputs(ctx.root, t.outputs, prune_to=ctx.root))
+        except UnsafePath as err:
+            print(f"bb: warning: left '{name}' alone: {err.message}", file=sys.stderr)
     print(f"bb: removed {removed} output(s) from the workspace; the store still has them", file=sys.stderr)
     if args.purge:
         shutil.rmtree(ctx.store.root, ignore_errors=True)
@@ -455,6 +503,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target")
     p.add_argument("overrides_words", nargs="*", metavar="VAR=VALUE")
     p.set_defaults(func=cmd_why)
+
+    p = sub.add_parser("status", parents=[common], help="outputs in the workspace that are missing, stale, modified or out of date")
+    p.add_argument("targets", nargs="*", metavar="TARGET|VAR=VALUE")
+    p.add_argument("-v", "--verbose", action="store_true", help="list the outputs that are ok too")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("log", parents=[common], help="print what a target's last run printed")
     p.add_argument("target")

@@ -167,8 +167,31 @@ class Planner:
                         f"the requirements file '{req}' named in the settings does not exist.",
                         hint="Create it, or fix or remove the 'requirements' setting.",
                     ) from None
+            # Without a declared requirements (lock) file, local recipes are
+            # keyed by the Python environment actually installed; with one,
+            # by the declaration, which teammates share.
+            if not image and not req:
+                python = self.python()
+                if python is not None:
+                    fields.append(("python", python.fingerprint()))
             self._environment[image] = tuple(fields)
         return self._environment[image]
+
+    def python(self):
+        """The Python environment local recipes run with (interpreter and
+        installed distributions), or None without a python3 on PATH. Its
+        listing is stored under its fingerprint, so `bb why` can name the
+        package that changed."""
+        if not hasattr(self, "_python"):
+            from buildsys.keys.environment import python_environment
+
+            self._python = python_environment(os.environ.get("PATH", os.defpath), self.workspace.state)
+            if self._python is not None:
+                try:
+                    self.store.put_bytes(self._python.listing())
+                except OSError:
+                    pass  # only an explanation is lost
+        return self._python
 
     # -- actions ------------------------------------------------------------------
 
@@ -202,6 +225,9 @@ class Planner:
         except CorruptEntry as err:
             self.warnings.append(f"ignored a corrupt store entry for '{target.name}' ({err}); rebuilding it")
             return None
+        finally:
+            if key in getattr(self.store, "corrupt_in_bundle", ()):
+                self.warnings.append(f"ignored a corrupt entry for '{target.name}' in the shared cache's plan bundle")
         if result is None:
             return None
         if not self._declares(target, result):
@@ -266,4 +292,19 @@ class Planner:
             previous = None
         if previous is None:
             return ["its inputs or recipe changed (the last build's record is gone from the store)"]
-        return diff(previous, action) or ["the key changed"]
+        return self._explain_python(diff(previous, action), previous, action) or ["the key changed"]
+
+    def _explain_python(self, lines: list[str], old: Action, new: Action) -> list[str]:
+        """'environment python: <digest> -> <digest>' becomes the packages that changed."""
+        from buildsys.keys.environment import changes
+
+        before, after = dict(old.environment).get("python"), dict(new.environment).get("python")
+        if before == after or not before or not after:
+            return lines
+        try:
+            detail = changes(self.store.read_bytes(before), self.store.read_bytes(after))
+        except (OSError, CorruptEntry):
+            return lines
+        return [line for line in lines if not line.startswith("environment python:")] + [
+            f"the Python environment changed: {', '.join(detail) or 'same packages, other bytes'}"
+        ]

@@ -71,11 +71,15 @@ class Workspace:
         return None
 
     def record(self, target: str, result: ActionResult) -> None:
-        entries = self._entries()
-        if entries.get(target, {}).get("key") != result.key:
+        old = self._entries().get(target)
+        # Same key is not enough: a corrupt result found under it may since
+        # have been replaced by a rebuild.
+        if old is None or old.get("key") != result.key or old.get("log") != result.log or len(old.get("outputs") or ()) != len(result.outputs) or any(
+            type(o) is not dict or o.get("digest") != n.digest or o.get("path") != n.path for o, n in zip(old["outputs"], result.outputs)
+        ):
             entry = result.to_json()
             del entry["action"]  # the store has it; keep this index small
-            entries[target] = entry
+            self._last[target] = entry
             self._last_dirty = True
 
     def forget(self, target: str) -> None:
@@ -120,11 +124,13 @@ class Workspace:
             self.warnings.append(f"could not save the log of '{target}' ({err.strerror})")
         return os.path.relpath(path)
 
-    def save(self) -> None:
+    def save(self, index: bool = True) -> None:
         """Write the state files; they are caches and indexes, so a full disk
-        costs a warning and some speed next time, never the build."""
+        costs a warning and some speed next time, never the build. `index`:
+        also the record of what each target's outputs hold (not after a dry
+        run, which changed none)."""
         self.stats.save()
-        if self._last_dirty:
+        if self._last_dirty and index:
             tmp = f"{self._last_path}.{os.getpid()}.tmp"
             try:
                 os.makedirs(self.state, exist_ok=True)

@@ -6,18 +6,80 @@ from __future__ import annotations
 import fnmatch
 import glob
 import itertools
+import math
 import os
 import re
 from dataclasses import dataclass, field
 
 from buildsys import units
-from buildsys.errors import BatchfileError, Location, did_you_mean
+from buildsys.errors import BatchfileError, Location, UsageError, did_you_mean
 from buildsys.lang.model import Attribute, Batchfile, Rule
 from buildsys.lang.settings import Settings, resolve
 
 REF = re.compile(r"\$(\$|@|<|\^|\*|\(([^()\s]+)\))")
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-RANGE = re.compile(r"(-?\d+)\.\.(-?\d+)")
+RANGE = re.compile(r"(-?[0-9]{1,18})\.\.(-?[0-9]{1,18})")
+
+# ---- limits ------------------------------------------------------------------
+# A Batchfile is a program of sorts: a variable that doubles itself forty
+# times, or a 1000 x 1000 @for grid, would make bb allocate without end.
+# These limits turn such files into an error that names the line.
+MAX_VALUE = 1 << 20  # characters in one variable value, expanded path or recipe
+MAX_RULE_TARGETS = 100_000  # targets one rule may make (the product of its loops)
+MAX_TARGETS = 500_000  # targets in one graph
+LIMIT_ENV = "BB_MAX_TARGETS"  # raises (or lowers) both target limits
+# Everything expansion creates, in all (about the bytes it allocates): per
+# allowed target, far more than any real rule needs.
+BYTES_PER_TARGET = 2048
+
+
+class Limits:
+    """The limits of one graph, and what expanding it has used so far."""
+
+    __slots__ = ("rule_targets", "targets", "bytes_left", "made")
+
+    def __init__(self, rule_targets: int = MAX_RULE_TARGETS, targets: int = MAX_TARGETS):
+        self.rule_targets, self.targets = rule_targets, targets
+        self.bytes_left = targets * BYTES_PER_TARGET
+        self.made = 0  # targets planned so far
+
+    @classmethod
+    def from_env(cls) -> "Limits":
+        raw = os.environ.get(LIMIT_ENV, "").strip()
+        if not raw:
+            return cls()
+        if not re.fullmatch(r"[0-9]{1,12}", raw) or int(raw) < 1:
+            raise UsageError(f"{LIMIT_ENV}={raw!r} is not a positive whole number.", hint=f"Set {LIMIT_ENV} to the number of targets a Batchfile may make, or unset it.")
+        return cls(int(raw), int(raw))
+
+    def spend(self, size: int, where: Location | None) -> None:
+        self.bytes_left -= size
+        if self.bytes_left < 0:
+            raise BatchfileError(
+                f"expanding the Batchfile makes more than {self.targets * BYTES_PER_TARGET >> 20:,} MiB of"
+                " values, paths and recipes; it stopped here.",
+                where=where,
+                hint="Look for variables or loops that multiply (a variable repeating another, nested lists in paths);"
+                f" for a genuinely bigger graph raise {LIMIT_ENV} (now {self.targets:,} targets).",
+            )
+
+    def hint(self, needed: int) -> str:
+        return f"If the graph really is that big, allow it with {LIMIT_ENV}={needed} in the environment."
+
+
+def _too_long(what: str, size: int, where: Location | None, culprit: str = "") -> BatchfileError:
+    alone = f"; $({culprit}) alone is {size:,} characters" if culprit else ""
+    return BatchfileError(
+        f"{what} is over {MAX_VALUE >> 20} MiB ({MAX_VALUE:,} characters) once expanded{alone}.",
+        where=where,
+        hint="A variable that repeats another ($(A)$(A)) doubles at each step;"
+        " keep large data in a file the recipe reads instead of in the Batchfile.",
+    )
+
+
+def _short(text: str) -> str:
+    text = text.strip()
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 @dataclass(frozen=True)
@@ -29,6 +91,9 @@ class Attrs:
     retries: int = 0
     image: str = ""
     env: tuple[str, ...] = ()
+    # Environment variables the recipe needs but that never enter a key or a
+    # stored result (tokens, passwords): the planner passes them to the recipe.
+    secrets: tuple[str, ...] = ()
     local: bool = False
 
 
@@ -105,17 +170,26 @@ def _flat(value) -> str:
     return " ".join(value) if isinstance(value, tuple) else value
 
 
-def expand(text: str, scope: dict, where: Location, *, recipe: bool = False) -> str:
+def expand(text: str, scope: dict, where: Location | None, *, recipe: bool = False, what: str = "", limits: Limits | None = None) -> str:
     """Replace $(name), $@, $<, $^, $* and $$ in `text`; anything else after a
-    '$' ($HOME, ${HOME}, $1) is left for the shell."""
+    '$' ($HOME, ${HOME}, $1) is left for the shell. The result may not exceed
+    MAX_VALUE characters (`what` names the text in the error)."""
+    if "$" not in text:
+        return text
+    size = len(text)
 
     def sub(m):
+        nonlocal size
         token = m.group(1)
         if token == "$":
             return "$"
         name = m.group(2) if token.startswith("(") else token
         if name in scope:
-            return _flat(scope[name])
+            value = _flat(scope[name])
+            size += len(value)
+            if size > MAX_VALUE:
+                raise _too_long(what or f"'{_short(text)}'", len(value), where, name if token.startswith("(") else "")
+            return value
         if token.startswith("("):
             hint = did_you_mean(name, [k for k in scope if NAME.fullmatch(k)])
             if recipe:
@@ -123,50 +197,86 @@ def expand(text: str, scope: dict, where: Location, *, recipe: bool = False) -> 
             raise BatchfileError(f"unknown variable '{name}' in '{text.strip()[:80]}'.", where=where, hint=hint.strip())
         raise BatchfileError(f"'${name}' has no value here.", where=where, hint="$@, $< and $^ only mean something in a rule.")
 
-    return REF.sub(sub, text) if "$" in text else text
+    out = REF.sub(sub, text)
+    if limits is not None:
+        limits.spend(len(out) + 50, where)
+    return out
 
 
-def expand_recipe(text: str, scope: dict, where: Location) -> str:
+def expand_recipe(text: str, scope: dict, where: Location | None, *, what: str = "", limits: Limits | None = None) -> str:
     """Expand a recipe word by word; a word holding a list variable becomes one
     word per item, as in rule headers (out/$(SETS).csv -> out/a.csv out/b.csv)."""
 
     if not any(m.group(2) and isinstance(scope.get(m.group(2)), tuple) for m in REF.finditer(text)):
-        return expand(text, scope, where, recipe=True)  # no list inside: one pass
+        out = expand(text, scope, where, recipe=True, what=what, limits=limits)  # no list inside: one pass
+    else:
+        size = 0
 
-    def word(m):
-        w = m.group(0)
-        if "$" not in w:
+        def word(m):
+            nonlocal size
+            w = m.group(0)
+            if "$" not in w:
+                return w
+            if any(m2.group(2) and isinstance(scope.get(m2.group(2)), tuple) for m2 in REF.finditer(w)):
+                w = " ".join(expand_words(w, scope, where, recipe=True, limits=limits))
+            else:
+                w = expand(w, scope, where, recipe=True, what=what, limits=limits)
+            size += len(w)
+            if size > MAX_VALUE:
+                raise _too_long(what or "the recipe", size, where)
             return w
-        if any(m2.group(2) and isinstance(scope.get(m2.group(2)), tuple) for m2 in REF.finditer(w)):
-            return " ".join(expand_words(w, scope, where, recipe=True))
-        return expand(w, scope, where, recipe=True)
 
-    return re.sub(r"\S+", word, text)
+        out = re.sub(r"\S+", word, text)
+    if len(out) > MAX_VALUE:
+        raise _too_long(what or "the recipe", len(out), where)
+    return out
 
 
-def expand_words(word: str, scope: dict, where: Location, recipe: bool = False) -> list[str]:
+def expand_words(word: str, scope: dict, where: Location | None, recipe: bool = False, limits: Limits | None = None) -> list[str]:
     """Expand one header word; a list variable inside a word multiplies it
     (data/$(SETS).csv -> data/a.csv data/b.csv)."""
     if "$" not in word:
         return [word]
     lists = [m.group(2) for m in REF.finditer(word) if m.group(2) and isinstance(scope.get(m.group(2)), tuple)]
     if not lists:
-        return expand(word, scope, where, recipe=recipe).split()
+        return expand(word, scope, where, recipe=recipe, limits=limits).split()
     names = list(dict.fromkeys(lists))
+    count = math.prod(len(scope[n]) for n in names)
+    cap = limits.rule_targets if limits is not None else MAX_RULE_TARGETS
+    if count > cap:
+        sizes = " x ".join(f"{n}: {len(scope[n]):,}" for n in names)
+        raise BatchfileError(
+            f"'{_short(word)}' expands to {count:,} words ({sizes}), over the limit of {cap:,}.",
+            where=where,
+            hint="Check which lists the word combines. " + (limits or Limits()).hint(count),
+        )
     out = []
     for combo in itertools.product(*(scope[n] for n in names)):
         local = dict(scope)
         local.update(zip(names, combo))
-        out.extend(expand(word, local, where, recipe=recipe).split())
+        out.extend(expand(word, local, where, recipe=recipe, limits=limits).split())
     return out
 
 
-def evaluate_variables(model: Batchfile, overrides: dict[str, str]) -> dict:
-    scope: dict[str, str | tuple[str, ...]] = dict(overrides)
+def _check_override(name: str, value: str) -> str:
+    if "\0" in value or any("\ud800" <= c <= "\udfff" for c in value) or len(value) > MAX_VALUE:
+        raise UsageError(
+            f"the command-line value of {name} is not usable text (a NUL, bytes that are not UTF-8, or over {MAX_VALUE:,} characters).",
+            hint=f"Pass {name}=VALUE as UTF-8 text.",
+        )
+    return value
+
+
+def evaluate_variables(model: Batchfile, overrides: dict[str, str], limits: Limits | None = None) -> dict:
+    scope: dict[str, str | tuple[str, ...]] = {k: _check_override(k, v) for k, v in overrides.items()}
     for a in model.assignments:
         if a.name in overrides:
             continue
-        value = tuple(expand(v, scope, a.location) for v in a.value) if isinstance(a.value, tuple) else expand(a.value, scope, a.location)
+        what = f"variable '{a.name}'"
+        if isinstance(a.value, tuple):
+            value = tuple(expand(v, scope, a.location, what=what, limits=limits) for v in a.value)
+        else:
+            value = expand(a.value, scope, a.location, what=what, limits=limits)
         if a.op == "?=" and a.name in scope:
             continue
         if a.op == "+=" and a.name in scope:
@@ -174,8 +284,14 @@ def evaluate_variables(model: Batchfile, overrides: dict[str, str]) -> dict:
             if isinstance(old, tuple) or isinstance(value, tuple):
                 old_t = old if isinstance(old, tuple) else tuple(old.split())
                 value = old_t + (value if isinstance(value, tuple) else tuple(value.split()))
+                size = 8 * len(value)
             else:
                 value = f"{old} {value}".strip()
+                size = len(value)
+                if size > MAX_VALUE:
+                    raise _too_long(what, size, a.location)
+            if limits is not None:
+                limits.spend(size, a.location)  # each += copies the value: bounded in all
         scope[a.name] = value
     return scope
 
@@ -192,34 +308,45 @@ def _one(attr: Attribute, args) -> str:
 
 def _int(attr, args, low=0):
     text = _one(attr, args)
-    if not text.isdigit() or int(text) < low:
-        raise BatchfileError(f"@{attr.name} takes a whole number of at least {low}, not '{text}'.", where=attr.location)
+    if not re.fullmatch(r"[0-9]{1,9}", text) or int(text) < low:
+        raise BatchfileError(f"@{attr.name} takes a whole number of at least {low}, not '{_short(text)}'.", where=attr.location)
     return int(text)
+
+
+def _ascii_number(text: str) -> bool:
+    # units' regexes accept any Unicode digit; a size or duration is written in 0-9
+    return text.isascii() and len(text) <= 40
 
 
 def _memory(attr, args):
     text = _one(attr, args)
-    value = units.size(text)
-    if value is None:
-        raise BatchfileError(f"@memory takes a size such as 512M or 8G, not '{text}'.", where=attr.location)
+    try:
+        value = units.size(text) if _ascii_number(text) else None
+    except (ValueError, OverflowError):  # too many digits for a float
+        value = None
+    if value is None or value >= 1 << 62:
+        raise BatchfileError(f"@memory takes a size such as 512M or 8G, not '{_short(text)}'.", where=attr.location)
     return value
 
 
 def _timeout(attr, args):
     text = _one(attr, args)
-    value = units.duration(text, "smhd", bare=True)
-    if value is None:
-        raise BatchfileError(f"@timeout takes a duration such as 90s, 30m or 2h, not '{text}'.", where=attr.location)
+    try:
+        value = units.duration(text, "smhd", bare=True) if _ascii_number(text) else None
+    except (ValueError, OverflowError):
+        value = None
+    if value is None or not math.isfinite(value):
+        raise BatchfileError(f"@timeout takes a duration such as 90s, 30m or 2h, not '{_short(text)}'.", where=attr.location)
     return value
 
 
-def _env(attr, args):
+def _names(attr, args):
     names = []
     for arg in args:
         names.extend(arg if isinstance(arg, tuple) else arg.split())
     for n in names:
         if not NAME.fullmatch(n):
-            raise BatchfileError(f"@env: '{n}' is not an environment variable name.", where=attr.location)
+            raise BatchfileError(f"@{attr.name}: '{_short(n)}' is not an environment variable name.", where=attr.location)
     return tuple(names)
 
 
@@ -236,15 +363,17 @@ ATTRIBUTES = {
     "timeout": lambda a, v: ("timeout", _timeout(a, v)),
     "retries": lambda a, v: ("retries", _int(a, v, 0)),
     "image": lambda a, v: ("image", _one(a, v)),
-    "env": lambda a, v: ("env", _env(a, v)),
+    "env": lambda a, v: ("env", _names(a, v)),
+    "secret": lambda a, v: ("secrets", _names(a, v)),
     "local": lambda a, v: ("local", _flag(a, v)),
     "phony": lambda a, v: ("phony", _flag(a, v)),
     "default": lambda a, v: ("default", _flag(a, v)),
 }
 
 
-def _attributes(rule: Rule, scope: dict) -> tuple[Attrs, bool, bool]:
+def _attributes(rule: Rule, scope: dict, settings: Settings, limits: Limits | None = None) -> tuple[Attrs, bool, bool]:
     values: dict = {}
+    where: dict = {}
     for attr in rule.attributes:
         if attr.name not in ATTRIBUTES:
             raise BatchfileError(
@@ -253,44 +382,79 @@ def _attributes(rule: Rule, scope: dict) -> tuple[Attrs, bool, bool]:
                 hint=did_you_mean("@" + attr.name, ["@" + a for a in ATTRIBUTES]) or "Known attributes: @" + ", @".join(ATTRIBUTES) + ", @for.",
             )
         args = tuple(
-            tuple(expand(x, scope, attr.location) for x in a) if isinstance(a, tuple) else expand(a, scope, attr.location)
+            tuple(expand(x, scope, attr.location, limits=limits) for x in a) if isinstance(a, tuple) else expand(a, scope, attr.location, limits=limits)
             for a in attr.args
         )
         key, value = ATTRIBUTES[attr.name](attr, args)
         values[key] = value
+        where[key] = attr.location
     # A rule without a recipe makes nothing: it is an alias, as in Make.
     phony = values.pop("phony", False) or rule.recipe is None
     default = values.pop("default", False)
+    # The settings' env and secrets apply to every target.
+    if settings.env:
+        values["env"] = tuple(dict.fromkeys(settings.env + values.get("env", ())))
+    if settings.secrets:
+        values["secrets"] = tuple(dict.fromkeys(settings.secrets + values.get("secrets", ())))
+    if "env" in values and "secrets" in values:
+        both = [n for n in values["secrets"] if n in values["env"]]
+        if both:
+            here = where.get("secrets") or where.get("env") or rule.location
+            raise BatchfileError(
+                f"'{both[0]}' is both an @env variable and a @secret.",
+                where=here,
+                hint="An @env variable's value enters the key and is recorded; a secret's never is."
+                " Name it in one of them (in the rule or in the settings' env/secrets).",
+            )
     return Attrs(**values), phony, default
 
 
 # ---- building the graph ------------------------------------------------------
 
 
-def _bindings(rule: Rule, scope: dict):
+def _bindings(rule: Rule, scope: dict, limits: Limits) -> list:
+    """The loop variables' values of each instance of `rule`. Their number is
+    checked against the limits before anything is expanded."""
     if not rule.loops:
-        yield ()
-        return
-    axes = []
+        return [()]
+    axes = []  # (loop, size, items or a range)
     for loop in rule.loops:
         over = loop.over
         if isinstance(over, tuple):
-            items = tuple(expand(x, scope, loop.location) for x in over)
+            axes.append((loop, len(over), over))
         elif m := RANGE.fullmatch(over):
-            lo, hi = int(m.group(1)), int(m.group(2))
-            items = tuple(str(i) for i in range(lo, hi + 1))
+            span = range(int(m.group(1)), int(m.group(2)) + 1)
+            axes.append((loop, len(span), span))
         else:
             name = over[2:-1] if over.startswith("$(") and over.endswith(")") else over
             if name not in scope:
                 raise BatchfileError(
-                    f"@for {loop.var} in {over}: unknown variable '{name}'.",
+                    f"@for {loop.var} in {_short(over)}: unknown variable '{_short(name)}'.",
                     where=loop.location,
                     hint=did_you_mean(name, scope) or "Loop over a list variable, [a, b, c], or a range such as 1..10.",
                 )
             value = scope[name]
             items = value if isinstance(value, tuple) else tuple(value.split())
-        axes.append([(loop.var, item) for item in items])
-    yield from itertools.product(*axes)
+            axes.append((loop, len(items), items))
+    count = math.prod(size for _, size, _ in axes)
+    over_rule = count > limits.rule_targets
+    if over_rule or limits.made + count > limits.targets:
+        sizes = " x ".join(f"{loop.var}: {size:,}" for loop, size, _ in axes)
+        first = rule.loops[0].location
+        if over_rule:
+            message = f"@for makes {count:,} targets ({sizes}), over the limit of {limits.rule_targets:,} for one rule."
+        else:
+            message = f"@for makes {count:,} targets ({sizes}), which brings the Batchfile over its limit of {limits.targets:,} targets."
+        raise BatchfileError(message, where=first, hint="Check the loops' ranges and lists. " + limits.hint(max(count, limits.made + count)))
+    limits.made += count
+    lists = []
+    for loop, _, items in axes:
+        if isinstance(items, range):
+            items = [str(i) for i in items]
+        elif isinstance(loop.over, tuple):
+            items = [expand(x, scope, loop.location, limits=limits) for x in items]
+        lists.append([(loop.var, item) for item in items])
+    return list(itertools.product(*lists)) if len(lists) > 1 else [(b,) for b in lists[0]]
 
 
 def _normalize_output(path: str, where: Location) -> str:
@@ -325,11 +489,14 @@ class _Pending:
 
 
 class _PatternRule:
-    def __init__(self, rule: Rule, scope: dict, params: tuple, attrs: Attrs, phony: bool):
+    def __init__(self, rule: Rule, scope: dict, params: tuple, attrs: Attrs, phony: bool, limits: Limits | None = None):
         self.rule, self.scope, self.params, self.attrs, self.phony = rule, scope, params, attrs, phony
-        self.outputs = [w for o in rule.outputs for w in expand_words(o, scope, rule.location)]
-        self.inputs = [w for i in rule.inputs for w in expand_words(i, scope, rule.location)]
-        self.regexes = [re.compile(re.escape(o).replace("%", "(.+)", 1) + r"\Z") for o in self.outputs]
+        self.outputs = [w for o in rule.outputs for w in expand_words(o, scope, rule.location, limits=limits)]
+        self.inputs = [w for i in rule.inputs for w in expand_words(i, scope, rule.location, limits=limits)]
+        for o in self.outputs:
+            if "%" not in o:  # a list variable expanded to an item without '%'
+                raise BatchfileError(f"pattern rule output '{_short(o)}' has no '%'.", where=rule.location, hint="In a pattern rule every output holds '%'.")
+        self.regexes = [re.compile(re.escape(o).replace("%", "(.+)", 1) + r"\Z", re.S) for o in self.outputs]
 
     def match(self, path: str) -> str | None:
         for rx in self.regexes:
@@ -341,15 +508,20 @@ class _PatternRule:
 
 def build_graph(model: Batchfile, overrides: dict[str, str] | None = None, root: str = ".", wanted=()) -> Graph:
     """`wanted`: paths asked for on the command line, which pattern rules may make."""
-    scope = evaluate_variables(model, overrides or {})
-    settings = resolve(model.settings, lambda text, where: expand(text, scope, where))
+    limits = Limits.from_env()
+    scope = evaluate_variables(model, overrides or {}, limits)
+    settings = resolve(model.settings, lambda text, where: expand(text, scope, where, limits=limits))
     pending: list[_Pending] = []
     patterns: list[_PatternRule] = []
     producer: dict[str, str] = {}
     origin: dict[str, Location] = {}
+    # Every folder that holds an output (and the folders above it) -> that
+    # output: an output at one of them would contain another output.
+    holds: dict[str, str] = {}
+    names: set[str] = set()  # phony names: not paths, so nothing nests in them
     default = None
 
-    def claim(outputs, where):
+    def claim(outputs, where, phony=False):
         name = outputs[0].rstrip("/")
         for out in outputs:
             key = out.rstrip("/")
@@ -362,23 +534,48 @@ def build_graph(model: Batchfile, overrides: dict[str, str] | None = None, root:
                 )
             producer[key] = name
             origin[key] = where
+            if phony:
+                names.add(key)
+                continue
+            inner = holds.get(key)
+            if inner is not None:
+                raise _nested(inner, key, where, origin[inner], new_is_inner=False)
+            # The folders above the output; stop at one already recorded (its
+            # own parents were recorded and checked with it): O(1) for siblings.
+            cut = key.rfind("/")
+            while cut > 0:
+                folder = key[:cut]
+                if folder in producer and folder not in names:
+                    raise _nested(key, folder, where, origin[folder], new_is_inner=True)
+                if folder in holds:
+                    break
+                holds[folder] = key
+                cut = key.rfind("/", 0, cut)
 
     for rule in model.rules:
-        for params in _bindings(rule, scope):
+        is_pattern = any("%" in o for o in rule.outputs)
+        if is_pattern and not all("%" in o for o in rule.outputs):
+            raise BatchfileError(
+                "in a pattern rule every output holds '%'.",
+                where=rule.location,
+                hint="Give the outputs without '%' a rule of their own.",
+            )
+        for params in _bindings(rule, scope, limits):
             local = dict(scope)
             local.update(params)
-            attrs, phony, is_default = _attributes(rule, local)
-            if any("%" in o for o in rule.outputs):
-                patterns.append(_PatternRule(rule, local, params, attrs, phony))
+            attrs, phony, is_default = _attributes(rule, local, settings, limits)
+            if is_pattern:
+                patterns.append(_PatternRule(rule, local, params, attrs, phony, limits))
                 continue
-            outputs = [w for o in rule.outputs for w in expand_words(o, local, rule.location)]
+            outputs = [w for o in rule.outputs for w in expand_words(o, local, rule.location, limits=limits)]
             if not outputs:
                 raise BatchfileError("a rule must name at least one output or target.", where=rule.location)
             outputs = tuple(outputs if phony else (_normalize_output(o, rule.location) for o in outputs))
             if phony and len(outputs) != 1:
                 raise BatchfileError("a @phony target has exactly one name.", where=rule.location)
-            claim(outputs, rule.location)
-            inputs = [w for i in rule.inputs for w in expand_words(i, local, rule.location)]
+            claim(outputs, rule.location, phony)
+            inputs = [w for i in rule.inputs for w in expand_words(i, local, rule.location, limits=limits)]
+            limits.spend(8 * (len(inputs) + len(outputs)), rule.location)
             pending.append(_Pending(rule, outputs, inputs, local, params, attrs, phony))
             if is_default and default is None:
                 default = outputs[0].rstrip("/")
@@ -407,6 +604,7 @@ def build_graph(model: Batchfile, overrides: dict[str, str] | None = None, root:
     work = [i for p in pending for i in p.inputs if not _is_glob(i)]
     work.extend(wanted)
     seen_paths = set()
+    per_pattern: dict[int, int] = {}
     while work and patterns:
         path = _normalize_input(work.pop())
         if path in seen_paths or made_by(path) is not None:
@@ -419,11 +617,21 @@ def build_graph(model: Batchfile, overrides: dict[str, str] | None = None, root:
             ins = [i.replace("%", stem) for i in pat.inputs]
             if not all(exists(i) or made_by(_normalize_input(i)) is not None or any(p.match(_normalize_input(i)) is not None for p in patterns) for i in ins if not _is_glob(i)):
                 continue
-            outs = tuple(_normalize_output(o.replace("%", stem), pat.rule.location) for o in pat.outputs)
+            outs = tuple(_normalize_output(o.replace("%", stem, 1), pat.rule.location) for o in pat.outputs)
+            made = per_pattern[id(pat.rule)] = per_pattern.get(id(pat.rule), 0) + 1
+            limits.made += 1
+            if made > limits.rule_targets or limits.made > limits.targets:
+                raise BatchfileError(
+                    f"the pattern rule makes over {min(limits.rule_targets, limits.targets):,} targets"
+                    f" (the last one for '{_short(path)}'), over the limit.",
+                    where=pat.rule.location,
+                    hint="Check which paths it matches (a pattern such as % matches anything). " + limits.hint(2 * limits.made),
+                )
+            limits.spend(8 * (len(ins) + len(outs)) + sum(map(len, ins)) + sum(map(len, outs)), pat.rule.location)
             local = dict(pat.scope)
             local["*"] = stem
             inst = _Pending(pat.rule, outs, ins, local, pat.params + (("*", stem),), pat.attrs, pat.phony)
-            claim(outs, pat.rule.location)
+            claim(outs, pat.rule.location, pat.phony)
             for o in outs:
                 if o.endswith("/"):
                     made_dirs.add(o.rstrip("/"))
@@ -455,14 +663,16 @@ def build_graph(model: Batchfile, overrides: dict[str, str] | None = None, root:
         name = p.outputs[0].rstrip("/")
         recipe = None
         if p.rule.recipe is not None:
+            # The automatic variables hold paths, some from globs: any file
+            # name at all. They reach the shell as quoted words where a name
+            # needs it ('a b.csv'); plain names (data/a.csv) stay as they are.
+            quoted_in = tuple(map(shell_word, inputs))
+            quoted_out = tuple(map(shell_word, p.outputs))
             local = dict(p.scope)
-            local.update({"@": p.outputs[0], "<": inputs[0] if inputs else "", "^": " ".join(inputs), "in": tuple(inputs), "out": p.outputs})
-            local.setdefault("*", "")
-            recipe = expand_recipe(p.rule.recipe, local, Location(p.rule.location.file, p.rule.recipe_line))
-        attrs = p.attrs
-        if settings.env:
-            attrs = Attrs(**{**attrs.__dict__, "env": tuple(dict.fromkeys(settings.env + attrs.env))})
-        target = Target(name, p.outputs, tuple(inputs), recipe, tuple(p.params), attrs, p.phony, p.rule.location, _used_variables(p.rule, scope, usage))
+            local.update({"@": quoted_out[0], "<": quoted_in[0] if quoted_in else "", "^": " ".join(quoted_in), "in": quoted_in, "out": quoted_out})
+            local["*"] = shell_word(local.get("*", ""))
+            recipe = expand_recipe(p.rule.recipe, local, Location(p.rule.location.file, p.rule.recipe_line), what=f"the recipe of '{_short(name)}'", limits=limits)
+        target = Target(name, p.outputs, tuple(inputs), recipe, tuple(p.params), p.attrs, p.phony, p.rule.location, _used_variables(p.rule, scope, usage))
         targets[name] = target
         dep_names = []
         for i in inputs:
@@ -493,6 +703,32 @@ def build_graph(model: Batchfile, overrides: dict[str, str] | None = None, root:
     graph = Graph(targets, deps, producer, default, settings, made_dirs, watched)
     _postorder(graph, graph.targets)  # raises on a cycle
     return graph
+
+
+_UNSAFE = re.compile(r"[^\w@%+=:,./-]", re.ASCII).search
+
+
+def shell_word(text: str) -> str:
+    """`text` as one shell word: shlex.quote, except that "" stays empty
+    (a rule without inputs has an empty $<, not '')."""
+    if not text or _UNSAFE(text) is None:
+        return text
+    return "'" + text.replace("'", "'\"'\"'") + "'"
+
+
+def _nested(inner: str, outer: str, here: Location, there: Location, *, new_is_inner: bool) -> BatchfileError:
+    """The output claimed `here` nests with one claimed `there` (maybe the same rule)."""
+    if new_is_inner:
+        what = f"output '{_short(inner)}' lies inside output '{_short(outer)}'"
+    else:
+        what = f"output '{_short(outer)}' would hold output '{_short(inner)}'"
+    other = "of the same rule" if here == there else f"made by the rule at {there}"
+    return BatchfileError(
+        f"{what}, {other}.",
+        where=here,
+        hint="A path is either a file or a folder, and a folder output owns everything inside it:"
+        " give one of them another path, or declare only the folder (with a trailing '/').",
+    )
 
 
 def _used_variables(rule: Rule, scope: dict, memo: dict) -> tuple:

@@ -5,8 +5,11 @@ bytes of every file it read, so a no-op build never imports Lark.
 """
 from __future__ import annotations
 
+import codecs
 import os
 import pickle
+import re
+import stat
 import textwrap
 from pathlib import Path
 
@@ -39,6 +42,22 @@ TOKEN_WORDS = {
     "$END": "the end of the file",
 }
 
+# Limits that keep a hostile or mistaken file from reading or parsing forever.
+MAX_FILE_BYTES = 16 << 20  # one Batchfile (each include counts on its own)
+# One physical line. Lark's cost is per token (about 5 us), not per line: a
+# 5 MB line of 2.5 million words takes 13 s, a 5 MB quoted string 0.2 s. A
+# generated Batchfile may list 100,000 inputs on one line (bench/gen.py writes
+# 1.5 MB lines), so the cap stops only lines no person or generator means.
+MAX_LINE_CHARS = 4 << 20
+
+# Pseudo-filesystems whose "regular files" are not text a user wrote
+# (/proc/self/mem reads the process's memory, /sys files are device state).
+_PSEUDO = ("/proc/", "/sys/")
+
+# Bumped when parsing changes what it accepts, so that no cached parse of a
+# file the new rules reject is reused.
+_CACHE_VERSION = b"parse-2"
+
 _parser = None
 
 
@@ -51,9 +70,41 @@ def _lark():
     return _parser
 
 
-def _unquote(token: str) -> str:
+_ESCAPE = re.compile(r"\\(x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|N\{[^}]*\}|[0-7]{1,3}|.)", re.S)
+_SIMPLE = set("\\'\"abfnrtv")
+
+
+def _unquote(token: str, where: Location | None = None) -> str:
+    """A quoted string's text, with Python's escapes (\\n, \\t, \\x41, \\u00e9);
+    an unknown escape such as \\d stays as written."""
     body = token[1:-1]
-    return body.encode("utf-8").decode("unicode_escape") if "\\" in body else body
+    if "\\" not in body:
+        return body
+
+    def sub(m):
+        code = m.group(1)
+        if code[0] in _SIMPLE or code[0] in "01234567" or len(code) > 1:
+            try:
+                out = codecs.decode("\\" + code, "unicode_escape")
+            except (UnicodeDecodeError, ValueError, OverflowError):
+                out = None
+            if out == "\0":
+                raise BatchfileError(
+                    f"'{m.group(0)}' in a quoted string makes a NUL character, which no path, name or recipe may hold.",
+                    where=where,
+                    hint="Remove it; to pass a NUL to a program, let the recipe make it (printf '\\0').",
+                )
+            if out is not None and not ("\ud800" <= out <= "\udfff"):
+                return out
+        elif code not in "xuUN":
+            return m.group(0)  # \d, \. ...: kept for the shell or a regex
+        raise BatchfileError(
+            f"bad escape '{m.group(0)}' in a quoted string.",
+            where=where,
+            hint="Write \\\\ for a backslash; \\xHH, \\uHHHH and \\N{NAME} must name a valid character (not a lone surrogate).",
+        )
+
+    return _ESCAPE.sub(sub, body)
 
 
 class _ToModel:
@@ -72,7 +123,7 @@ class _ToModel:
         if kind == "list":
             return tuple(self.value(child) for child in node.children if child is not None)
         if kind == "string":
-            return _unquote(str(node.children[0]))
+            return _unquote(str(node.children[0]), self.loc(node.children[0]))
         if kind in ("raw", "word"):
             return str(node.children[0]).strip()
         if kind == "empty":
@@ -95,7 +146,7 @@ class _ToModel:
 
     def include(self, node):
         token = node.children[0]
-        name = _unquote(token) if token.type == "STRING" else str(token)
+        name = _unquote(token, self.loc(token)) if token.type == "STRING" else str(token)
         return ("include", name, self.loc(token))
 
     def settings(self, node):
@@ -159,10 +210,39 @@ def _syntax_error(err, path: str, text: str) -> BatchfileError:
     return BatchfileError(message, where=Location(path, line, column), hint=hint, detail=caret)
 
 
-def parse_text(text: str, path: str) -> tuple[list, list[tuple[str, Location]]]:
-    """Parse one file into its statements, in order; includes are left as markers."""
+def _where(text: str, index: int, path: str) -> Location:
+    """The line and column (1-based, in characters) of text[index]."""
+    line_start = text.rfind("\n", 0, index) + 1
+    return Location(path, text.count("\n", 0, index) + 1, index - line_start + 1)
+
+
+def check_text(text: str, path: str) -> None:
+    """Reject what no Batchfile holds before Lark sees it: a NUL character
+    (a binary file, or a path that the OS would cut short) and lines so long
+    that parsing them takes seconds."""
+    nul = text.find("\0")
+    if nul >= 0:
+        raise BatchfileError(
+            "the file holds a NUL character (byte 0); a Batchfile is text.",
+            where=_where(text, nul, path),
+            hint="Remove it; if this is not your Batchfile, check the path given to -f or include.",
+        )
+    if len(text) > MAX_LINE_CHARS:
+        for number, line in enumerate(text.split("\n"), 1):
+            if len(line) > MAX_LINE_CHARS:
+                raise BatchfileError(
+                    f"line {number} is {len(line):,} characters long, over the limit of {MAX_LINE_CHARS:,}.",
+                    where=Location(path, number, MAX_LINE_CHARS + 1),
+                    hint="Split it with a backslash at the end of a line, or keep long data in a file the recipe reads.",
+                )
+
+
+def parse_text(text: str, path: str) -> list:
+    """Parse one file into its statements, in order; includes are left as
+    ("include", name, location) markers."""
     from lark.exceptions import UnexpectedInput
 
+    check_text(text, path)
     if not text.endswith("\n"):
         text += "\n"
     try:
@@ -172,6 +252,78 @@ def parse_text(text: str, path: str) -> tuple[list, list[tuple[str, Location]]]:
     return list(_ToModel(path, text.splitlines()).statements(tree))
 
 
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a named pipe"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def read_source(file: str | os.PathLike, where: Location | None = None) -> bytes:
+    """The bytes of a Batchfile: a regular file of at most MAX_FILE_BYTES.
+    Never blocks on a pipe or device, never reads without end."""
+    name = os.fspath(file)
+
+    def fail(why: str, hint: str = "") -> BatchfileError:
+        return BatchfileError(f"cannot read '{name}': {why}.", where=where, hint=hint)
+
+    regular_only = "A Batchfile (and every file it includes) must be a regular file."
+    try:
+        st = os.stat(name)  # before opening: opening a pipe or a device can block or act
+        if not stat.S_ISREG(st.st_mode):
+            raise fail(f"it is {_kind(st.st_mode)}", regular_only)
+        real = os.path.realpath(name)
+        if real.startswith(_PSEUDO):
+            raise fail(f"'{real}' is a file of the system's {real.split('/')[1]} pseudo-filesystem", regular_only)
+        fd = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise fail("no such file", "Check the path (includes are relative to the including file), or pass -f FILE.") from None
+    except ValueError:  # an embedded NUL in the path
+        raise fail("the path holds a NUL character") from None
+    except OSError as err:
+        raise fail(err.strerror or str(err)) from None
+    try:
+        st = os.fstat(fd)  # what was opened, in case the path changed since
+        if not stat.S_ISREG(st.st_mode):
+            raise fail(f"it is {_kind(st.st_mode)}", regular_only)
+        chunks, size = [], 0
+        while size <= MAX_FILE_BYTES:
+            chunk = os.read(fd, min(1 << 20, MAX_FILE_BYTES + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as err:
+        raise fail(err.strerror or str(err)) from None
+    finally:
+        os.close(fd)
+    if size > MAX_FILE_BYTES:
+        raise fail(
+            f"it is larger than {MAX_FILE_BYTES >> 20} MiB",
+            "A Batchfile that big is almost surely not one; split generated rules with include, or use @for loops and globs.",
+        )
+    return b"".join(chunks)
+
+
+def decode_source(data: bytes, path: str) -> str:
+    """UTF-8 text (a leading byte-order mark is dropped); a bad byte is named by line and column."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        good = data[: err.start].decode("utf-8-sig")
+        raise BatchfileError(
+            f"the file is not UTF-8 text (byte 0x{data[err.start]:02x}).",
+            where=_where(good, len(good), path),
+            hint="Save it as UTF-8; if this is not your Batchfile, check the path given to -f or include.",
+        ) from None
+
+
 def parse_file(path: str | os.PathLike) -> Batchfile:
     """Parse a Batchfile and everything it includes (paths relative to the including file)."""
     root = Path(path)
@@ -179,23 +331,21 @@ def parse_file(path: str | os.PathLike) -> Batchfile:
     seen: set[Path] = set()
 
     def read(file: Path, where):
-        try:
-            text = file.read_text()
-        except FileNotFoundError:
-            raise BatchfileError(
-                f"cannot read '{file}': no such file.",
-                where=where,
-                hint="Check the path (includes are relative to the including file), or pass -f FILE.",
-            ) from None
-        except (IsADirectoryError, PermissionError, UnicodeDecodeError) as err:
-            raise BatchfileError(f"cannot read '{file}': {err}.", where=where) from None
+        shown = _display(file)
+        text = decode_source(read_source(file, where), shown)
         sources.append(str(file))
-        return parse_text(text, _display(file))
+        return parse_text(text, shown)
+
+    def identity(file: Path, where) -> Path:
+        try:
+            return file.resolve()
+        except (OSError, RuntimeError, ValueError) as err:  # a symlink loop, say
+            raise BatchfileError(f"cannot read '{file}': {err}.", where=where) from None
 
     # Includes are spliced in place: walk a stack of iterators, not recursion.
     pending = [iter(read(root, None))]
     files = [root]
-    seen.add(root.resolve())
+    seen.add(identity(root, None))
     while pending:
         try:
             item = next(pending[-1])
@@ -212,9 +362,10 @@ def parse_file(path: str | os.PathLike) -> Batchfile:
         else:
             _, name, where = item
             target = files[-1].parent / name
-            if target.resolve() in seen:
+            real = identity(target, where)
+            if real in seen:
                 raise BatchfileError(f"'{name}' is included twice (or includes itself).", where=where)
-            seen.add(target.resolve())
+            seen.add(real)
             pending.append(iter(read(target, where)))
             files.append(target)
     return Batchfile(str(root), tuple(assignments), tuple(rules), tuple(settings), tuple(sources))
@@ -235,26 +386,26 @@ def load(path: str | os.PathLike, cache_dir: str | os.PathLike | None) -> Batchf
 
     main = Path(path)
     try:
-        head = main.read_bytes()
-    except OSError:
-        return parse_file(path)
-    key = hash_bytes(head + GRAMMAR.read_bytes() + str(main).encode())
+        head = read_source(main)
+    except BatchfileError:
+        return parse_file(path)  # reports it
+    key = hash_bytes(head + GRAMMAR.read_bytes() + _CACHE_VERSION + os.fsencode(main))
     entry = Path(cache_dir) / "parse" / key
     try:
         with open(entry, "rb") as f:
             cached, digests = pickle.load(f)
-        if all(hash_bytes(Path(p).read_bytes()) == d for p, d in digests):
+        if all(hash_bytes(read_source(p)) == d for p, d in digests):
             return cached
     except Exception:  # a missing, stale or unreadable cache entry is just a miss
         pass
     model = parse_file(path)
     try:
-        digests = [(p, hash_bytes(Path(p).read_bytes())) for p in model.sources]
+        digests = [(p, hash_bytes(read_source(p))) for p in model.sources]
         entry.parent.mkdir(parents=True, exist_ok=True)
         tmp = entry.with_suffix(f".{os.getpid()}.tmp")
         with open(tmp, "wb") as f:
             pickle.dump((model, digests), f, protocol=pickle.HIGHEST_PROTOCOL)
         os.replace(tmp, entry)
-    except OSError:
+    except (OSError, BatchfileError):
         pass
     return model

@@ -52,7 +52,7 @@ def _region(value, where, name):
 
 def _positive_int(value, where, name):
     value = _string(value, where, name)
-    if not value.isdigit() or int(value) < 1:
+    if not re.fullmatch(r"[0-9]{1,9}", value) or int(value) < 1:
         raise BatchfileError(f"setting '{name}': '{value}' is not a positive whole number.", where=where)
     return int(value)
 
@@ -68,6 +68,7 @@ KNOWN = {
     "queue": _string,  # AWS Batch job queue
     "region": _region,  # AWS region
     "env": _names,  # environment variables every recipe sees (they enter the keys)
+    "secrets": _names,  # environment variables every recipe sees, never keyed nor stored
     "shell": _string,  # shell that runs recipes (default /bin/sh)
     "jobs": _positive_int,  # default for -j
 }
@@ -85,13 +86,14 @@ class Settings:
     queue: str = ""
     region: str = ""
     env: tuple[str, ...] = field(default=())
+    secrets: tuple[str, ...] = field(default=())
     shell: str = "/bin/sh"
     jobs: int = 0
 
 
 def resolve(settings: tuple[Setting, ...], expand) -> Settings:
     """Validate settings; `expand` interpolates variables in their values."""
-    values = {}
+    values, where = {}, {}
     for s in settings:
         if s.name not in KNOWN:
             raise BatchfileError(
@@ -101,4 +103,13 @@ def resolve(settings: tuple[Setting, ...], expand) -> Settings:
             )
         raw = tuple(expand(v, s.location) for v in s.value) if isinstance(s.value, tuple) else expand(s.value, s.location)
         values[s.name] = KNOWN[s.name](raw, s.location, s.name)
+        where[s.name] = s.location
+    both = [n for n in values.get("secrets", ()) if n in values.get("env", ())]
+    if both:
+        later = max(where["env"], where["secrets"], key=lambda w: (w.file, w.line))
+        raise BatchfileError(
+            f"'{both[0]}' is in both settings 'env' and 'secrets'.",
+            where=later,
+            hint="An env variable's value enters every key and is recorded; a secret's never is. Keep it in one of them.",
+        )
     return Settings(**values)

@@ -33,6 +33,7 @@ class TieredStore:
         self._remote_results: dict[str, ActionResult | None] = {}
         self._named: set[str] = set()  # blobs that remote results name
         self._bundle: dict[str, dict] = {}
+        self.corrupt_in_bundle: set[str] = set()  # keys whose bundle entry was ignored
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=TRANSFER_THREADS, thread_name_prefix="bb-s3")
@@ -62,6 +63,8 @@ class TieredStore:
                     result = None
             except CorruptEntry:
                 result = None
+            if result is None:
+                self.corrupt_in_bundle.add(key)
         if result is None:
             result = self.remote.get_result(key)
         self._remote_results[key] = result
