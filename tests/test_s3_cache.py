@@ -153,14 +153,32 @@ def test_path_escaping_result_is_rejected(project, s3, tmp_path):
     assert not list(tmp_path.rglob("escaped.txt"))
 
 
-def test_credentials_never_enter_store_results_or_report(project, s3, tmp_path):
+def test_secrets_reach_the_recipe_but_never_a_key_or_the_store(project, s3, tmp_path):
+    from blake3 import blake3
+
     alice = checkout(tmp_path, "alice", s3, tmp_path / "alice" / "runs.log")
-    alice.batchfile(PIPELINE + "\n    @env AWS_SECRET_ACCESS_KEY\n    secret.txt:\n        echo ok > $@\n")
-    alice.build("all", "secret.txt", env=alice.env)
-    secret = alice.env["AWS_SECRET_ACCESS_KEY"]
-    assert secret not in alice.last_proc.stdout + alice.last_proc.stderr
+    alice.batchfile(PIPELINE + '\n    @secret API_TOKEN\n    secret.txt:\n        echo "$${#API_TOKEN}" > $@\n')
+    env = {**alice.env, "API_TOKEN": "hunter2-value"}
+    alice.build("all", "secret.txt", env=env)
+    assert alice.read("secret.txt") == "13\n"  # the recipe saw it
+    forms = [s.encode() for s in ("hunter2-value", blake3(b"hunter2-value").hexdigest(), env["AWS_SECRET_ACCESS_KEY"])]
+    assert not any(f.decode() in alice.last_proc.stdout + alice.last_proc.stderr for f in forms)
     for key in s3.keys():
-        assert secret.encode() not in s3.get(key), key
+        body = s3.get(key)
+        assert not any(f in body for f in forms), key
     for path in (alice.root / ".bb").rglob("*"):
         if path.is_file():
-            assert secret.encode() not in path.read_bytes(), path
+            assert not any(f in path.read_bytes() for f in forms), path
+    # a new secret value is not a new result
+    assert alice.build("secret.txt", env={**env, "API_TOKEN": "rotated"}) == {"secret.txt": "cached"}
+
+
+def test_env_names_that_look_secret_are_warned_about(project):
+    project.batchfile("""
+        @env DB_PASS
+        out.txt:
+            echo "$$DB_PASS" > $@
+    """)
+    project.build(env={"DB_PASS": "pw"})
+    assert "DB_PASS is declared with @env" in project.last_proc.stderr
+    assert "@secret" in project.last_proc.stderr

@@ -157,7 +157,7 @@ def _stopped_by(stop) -> str:
     import signal
 
     signum = getattr(stop, "signum", signal.SIGINT)
-    return "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+    return "interrupted" if signum == signal.SIGINT else f"interrupted by {signal.Signals(signum).name}"
 
 
 def _work(ctx, reports) -> dict:

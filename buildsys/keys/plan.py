@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 
 from buildsys.keys.action import SCHEMA, Action, diff
-from buildsys.errors import BBError
+from buildsys.errors import BatchfileError, BBError
 from buildsys.lang.graph import Graph, Target
 from buildsys.store.api import ActionResult, CorruptEntry, Store, read_manifest
 from buildsys.keys.workspace import Workspace
@@ -163,7 +163,7 @@ class Planner:
                 try:
                     fields.append(("requirements", self.input_digest(req)))
                 except InputMissing:
-                    raise InputMissing(
+                    raise BatchfileError(
                         f"the requirements file '{req}' named in the settings does not exist.",
                         hint="Create it, or fix or remove the 'requirements' setting.",
                     ) from None
@@ -247,7 +247,7 @@ class Planner:
         """What a recipe sees: the passthrough variables (never keyed), the
         declared ones, and its secrets (never keyed, never stored)."""
         env = {k: v for k, v in os.environ.items() if k in PASSTHROUGH or k.startswith("LC_")}
-        for name in target.attrs.env + getattr(target.attrs, "secrets", ()):
+        for name in target.attrs.env + target.attrs.secrets:
             if name in os.environ:
                 env[name] = os.environ[name]
         return env
