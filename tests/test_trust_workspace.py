@@ -282,3 +282,31 @@ def test_permissions_of_stored_blobs_are_read_only(project):
     project.build()
     blobs = [p for p in (project.root / ".bb/cas").rglob("*") if p.is_file()]
     assert blobs and all(not (p.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)) for p in blobs)
+
+
+def test_two_checkouts_sharing_a_store_do_not_run_the_same_action_at_once(tmp_path):
+    from conftest import BB_CMD, Project
+
+    runs = tmp_path / "runs.log"
+    store = tmp_path / "store"
+    projects = []
+    for name in ("alice", "bob"):
+        p = Project(tmp_path / name)
+        p.root.mkdir()
+        p.batchfile(f"""
+            out.txt:
+                sleep 1.5; echo ran >> {runs}; echo result > $@
+        """)
+        projects.append(p)
+    env = {**os.environ, "BB_STORE": str(store)}
+    first = subprocess.Popen(BB_CMD + ["build"], cwd=projects[0].root, env=env, stderr=subprocess.PIPE, text=True)
+    import time
+
+    deadline = time.time() + 10
+    while not (store / "claims").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    second = subprocess.run(BB_CMD + ["build", "-v"], cwd=projects[1].root, env=env, capture_output=True, text=True, timeout=60)
+    assert first.wait(timeout=60) == 0 and second.returncode == 0, second.stderr
+    assert runs.read_text() == "ran\n"  # once, for both checkouts
+    assert projects[1].read("out.txt") == "result\n"
+    assert "built it meanwhile" in second.stderr

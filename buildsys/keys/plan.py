@@ -237,6 +237,10 @@ class Planner:
             return None
         return result
 
+    def usable(self, target: Target, result: ActionResult) -> bool:
+        """A result found for the target's key names its outputs and has their blobs."""
+        return self._declares(target, result) and all(self.store.has_blob(o.digest) for o in result.outputs)
+
     @staticmethod
     def _declares(target: Target, result: ActionResult) -> bool:
         # The key covers the output paths, so a true result names exactly the

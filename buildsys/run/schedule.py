@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 import time
 from collections import deque
 
@@ -35,6 +36,7 @@ class Scheduler:
         self.explain = explain or dry_run
         self.reports: dict[str, TargetReport] = {}
         self.force: set[str] = set()  # targets whose stored result proved unusable: run them
+        self._stopping = threading.Event()
 
     # -- the main loop ---------------------------------------------------------------
 
@@ -123,6 +125,7 @@ class Scheduler:
                         stopping = True
                     release(name)
         except KeyboardInterrupt:
+            self._stopping.set()
             self.executor.cancel_all()
             for future in list(running):
                 report = future.result()
@@ -246,6 +249,25 @@ class Scheduler:
     # -- one target, on a worker thread ----------------------------------------------
 
     def _execute(self, target: Target, action: Action) -> TargetReport:
+        """Run the action, unless another bb sharing the store is running the
+        very same action right now: then wait for it and take its result."""
+        key = action.key()
+        if target.phony:
+            return self._run_recipe(target, action)
+        with self.planner.store.claim(key, self._stopping.is_set) as waited:
+            if waited and not self.always:
+                result = self.planner.store.get_result(key, fresh=True)
+                if result is not None and self.planner.usable(target, result):
+                    self.planner.results[target.name] = result
+                    self.planner.workspace.record(target.name, result)
+                    try:
+                        self._materialize(target.name)
+                        return TargetReport(target.name, CACHED, key, reasons=["another bb sharing the store built it meanwhile"])
+                    except (CorruptEntry, BBError, OSError):
+                        pass  # not usable after all: run it here
+            return self._run_recipe(target, action)
+
+    def _run_recipe(self, target: Target, action: Action) -> TargetReport:
         ws = self.planner.workspace
         store = self.planner.store
         key = action.key()

@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat as statmod
@@ -75,6 +76,7 @@ class LocalStore:
         # open() (100,000 misses would cost seconds). A result written since by
         # another process is missed at worst, which only means a rebuild.
         self._listed: dict[str, set[str]] = {}
+        self._claims: int | None = None  # the file whose byte ranges are locked per running action
 
     def blob_path(self, digest: str) -> str:
         if not is_digest(digest):  # never a path from a name that is not a digest
@@ -177,9 +179,40 @@ class LocalStore:
         """Remove a blob found corrupt."""
         self.remove(self.blob_path(digest))
 
-    def get_result(self, key: str) -> ActionResult | None:
+    @contextlib.contextmanager
+    def claim(self, key: str, give_up):
+        """Hold the action's place in this store while it runs, so that a bb
+        in another checkout sharing this store, about to run the same
+        action, waits and then finds the result instead. One byte-range lock
+        per key in one file: no file is created per action, and the kernel
+        drops the lock if bb dies. Yields whether it had to wait."""
+        import fcntl
+
+        if self._claims is None:
+            os.makedirs(self.root, exist_ok=True)
+            self._claims = os.open(os.path.join(self.root, "claims"), os.O_RDWR | os.O_CREAT, 0o644)
+        offset = int(key[:12], 16)
+        waited = False
+        while True:
+            try:
+                fcntl.lockf(self._claims, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
+                break
+            except OSError:
+                if give_up():
+                    yield waited
+                    return
+                waited = True
+                time.sleep(0.05)
+        try:
+            yield waited
+        finally:
+            fcntl.lockf(self._claims, fcntl.LOCK_UN, 1, offset)
+
+    def get_result(self, key: str, fresh: bool = False) -> ActionResult | None:
+        """`fresh`: look on disk even if the shard was listed before (a result
+        another process wrote just now)."""
         shard = key[:2]
-        listed = self._listed.get(shard)
+        listed = None if fresh else self._listed.get(shard)
         if listed is None:
             try:
                 listed = self._listed[shard] = set(os.listdir(f"{self.ac}/{shard}"))

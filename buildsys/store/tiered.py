@@ -103,8 +103,11 @@ class TieredStore:
         """fn over items on the transfer threads, in order."""
         return self._pool.map(fn, items)
 
-    def get_result(self, key: str) -> ActionResult | None:
-        result = self.local.get_result(key)
+    def claim(self, key: str, give_up):
+        return self.local.claim(key, give_up)
+
+    def get_result(self, key: str, fresh: bool = False) -> ActionResult | None:
+        result = self.local.get_result(key, fresh)
         if result is not None:
             return result
         result = self._from_remote(key)
