@@ -123,7 +123,7 @@ def _run(args, *, dry_run: bool):
         from buildsys.run.executors.local import LocalExecutor
 
         executor = LocalExecutor(os.path.join(ctx.workspace.state, "running"))
-    sched = Scheduler(planner, executor, ui, jobs=jobs, keep_going=args.keep_going, always=args.always_make, dry_run=dry_run, explain=args.verbose)
+    sched = Scheduler(planner, executor, ui, jobs=jobs, keep_going=args.keep_going, always=args.always_make, dry_run=dry_run, explain=args.verbose, sandbox=getattr(args, "sandbox", False))
     t0 = time.time()
     shared = getattr(ctx.store, "remote", None) is not None
     planner.check_declared_env(ctx.graph.closure(roots))
@@ -493,6 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     build_options(p)
     p.add_argument("-n", "--dry-run", action="store_true", help="print what would run and why, run nothing")
     p.add_argument("--no-wait", action="store_true", help="fail at once if another bb is building in this workspace (default: wait for it)")
+    p.add_argument("--sandbox", action="store_true", help="run each recipe in a scratch folder holding only its declared inputs, as a remote worker does (finds undeclared inputs)")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("plan", parents=[common], help="show what a build would run, and why")

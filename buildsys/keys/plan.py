@@ -35,6 +35,12 @@ def _sig(path: str) -> list | None:
         return None
 
 
+def _input(path: str, digest: str, executable: bool, folder: bool) -> tuple[str, str, bool]:
+    # A folder's path ends with '/' in the action, so whoever runs it knows
+    # the digest names a tree manifest.
+    return (path.rstrip("/") + "/" if folder else path, digest, executable)
+
+
 class Unknown(Exception):
     """An input's digest is not known yet (an upstream target must run first)."""
 
@@ -66,7 +72,7 @@ class Planner:
         self.results: dict[str, ActionResult] = {}  # target -> the result its outputs came from
         self.warnings: list[str] = []
         self._manifests: dict[str, dict] = {}
-        self._sources: dict[str, tuple[str, bool]] = {}  # source input -> (digest, executable), this run
+        self._sources: dict[str, tuple[str, bool, bool]] = {}  # source input -> (digest, executable, folder), this run
         self._tree_files: dict[str, set[str]] = {}  # source folder -> the files hashed in it
         self._environment: dict[str, tuple] = {}
 
@@ -75,8 +81,9 @@ class Planner:
     def input_digest(self, path: str) -> str:
         return self.input_entry(path)[0]
 
-    def input_entry(self, path: str) -> tuple[str, bool]:
-        """An input's digest (a tree's for a folder) and its executable bit."""
+    def input_entry(self, path: str) -> tuple[str, bool, bool]:
+        """An input's digest (a tree manifest's for a folder), its executable
+        bit, and whether it is a folder."""
         maker = self.graph.producer_of(path.rstrip("/"))
         if maker is not None and not self.graph.targets[maker].phony:
             result = self.results.get(maker)
@@ -84,7 +91,7 @@ class Planner:
                 raise Unknown(path, maker)
             entry = result.output(path.rstrip("/"))
             if entry is not None:
-                return entry.digest, entry.executable
+                return entry.digest, entry.executable, entry.path.endswith("/")
             # a file inside a directory output
             for out in result.outputs:
                 prefix = out.path
@@ -99,7 +106,7 @@ class Planner:
                             f"'{path}' is not among the files '{maker}' made in '{prefix}'.",
                             where=self.graph.targets[maker].location,
                         )
-                    return fd.digest, fd.executable
+                    return fd.digest, fd.executable, False
             raise Unknown(path, maker)
         known = self._sources.get(path)
         if known is not None:
@@ -109,10 +116,10 @@ class Planner:
             if os.path.isdir(full):
                 files = self.workspace.stats.tree(full)
                 self._tree_files[full] = {os.path.join(full, rel) for rel, fd in files.items() if fd.digest}
-                entry = (hash_bytes(tree_manifest(files)), False)
+                entry = (hash_bytes(tree_manifest(files)), False, True)
             else:
                 fd = self.workspace.stats.file(full)
-                entry = (fd.digest, fd.executable)
+                entry = (fd.digest, fd.executable, False)
         except FileNotFoundError:
             raise InputMissing(
                 f"input '{path}' does not exist.",
@@ -210,7 +217,7 @@ class Planner:
                         paths.extend(t.outputs)
         # Sorted: the order of the header is not a result's cause (where the
         # recipe depends on it, through $< or $^, the recipe text says so).
-        inputs = tuple((path, *self.input_entry(path)) for path in sorted(set(paths)))
+        inputs = tuple(_input(path, *self.input_entry(path)) for path in sorted(set(paths)))
         env = tuple((name, os.environ.get(name)) for name in target.attrs.env)
         return Action(target.name, target.recipe or "", inputs, target.outputs, target.params, env, self.environment(target), variables=target.variables)
 

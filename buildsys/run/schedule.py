@@ -16,15 +16,25 @@ from buildsys import __version__
 from buildsys.keys.action import Action
 from buildsys.run.executors import Executor, Job
 from buildsys.lang.graph import Target
+from buildsys.digest import StatCache
 from buildsys.errors import BBError
+from buildsys.run import sandbox
 from buildsys.keys.plan import Planner, Unknown, UnusableInput
 from buildsys.run.materialize import OutputMissing, capture, materialize, output_path, remove_outputs, workspace_digest
 from buildsys.run.report import BUILT, CACHED, FAILED, SKIPPED, WOULD_RUN, TargetReport
 from buildsys.store.api import ActionResult, CorruptEntry
 from buildsys.store.local import FileChanged
 
+def _undeclared_hint(output: bytes, action: Action, root: str) -> str:
+    names = sandbox.undeclared_reads(output.decode("utf-8", "replace"), action, root)
+    if names:
+        listed = ", ".join(f"'{n}'" for n in names[:5])
+        return f"; it ran with only its declared inputs and looked for {listed}, which the workspace has but the rule does not declare: add them to its inputs"
+    return "; it ran with only its declared inputs: if it reads a file it does not declare, add that file to its inputs"
+
+
 class Scheduler:
-    def __init__(self, planner: Planner, executor: Executor, ui, *, jobs: int, keep_going=False, always=False, dry_run=False, explain=False):
+    def __init__(self, planner: Planner, executor: Executor, ui, *, jobs: int, keep_going=False, always=False, dry_run=False, explain=False, sandbox=False):
         self.planner = planner
         self.graph = planner.graph
         self.executor = executor
@@ -34,6 +44,7 @@ class Scheduler:
         self.always = always
         self.dry_run = dry_run
         self.explain = explain or dry_run
+        self.sandbox = sandbox  # run each recipe with only its declared inputs
         self.reports: dict[str, TargetReport] = {}
         self.force: set[str] = set()  # targets whose stored result proved unusable: run them
         self._stopping = threading.Event()
@@ -269,10 +280,38 @@ class Scheduler:
 
     def _run_recipe(self, target: Target, action: Action) -> TargetReport:
         ws = self.planner.workspace
+        scratch = None
+        try:
+            if self.sandbox and not target.phony:
+                scratch = self._sandbox(target, action)
+                if isinstance(scratch, TargetReport):
+                    return scratch
+            return self._run_in(target, action, scratch)
+        finally:
+            if scratch is not None:
+                sandbox.remove(scratch)
+
+    def _sandbox(self, target: Target, action: Action):
+        """A scratch folder holding exactly the target's declared inputs."""
+        ws, store, key = self.planner.workspace, self.planner.store, action.key()
+        sources = {p.rstrip("/") for p in target.inputs if self.graph.is_source(p)}
+        try:
+            changed = sandbox.stage_sources(action, ws.root, sources, store)
+            if changed:
+                return TargetReport(target.name, FAILED, key, error=f"its input '{changed}' changed after bb read it; nothing was run. Run bb again.")
+            scratch = sandbox.scratch_folder(ws.state, key)
+            sandbox.lay_out(action, store, scratch)
+            return scratch
+        except BBError as err:
+            return TargetReport(target.name, FAILED, key, error=f"{err.message} {err.hint}".strip())
+
+    def _run_in(self, target: Target, action: Action, scratch: str | None) -> TargetReport:
+        ws = self.planner.workspace
         store = self.planner.store
         key = action.key()
         reasons = self.planner.why(target, action) if self.explain else []
         started = time.time()
+        cwd = scratch or ws.root
 
         def failed(error: str, output: bytes = b"") -> TargetReport:
             try:
@@ -289,7 +328,7 @@ class Scheduler:
                 return TargetReport(target.name, FAILED, key, 0.0, reasons, error=f"{err.message} {err.hint}".strip())
             except OSError as err:
                 return TargetReport(target.name, FAILED, key, 0.0, reasons, error=f"cannot prepare its outputs: {err}")
-        job = Job(target.name, target.recipe or "", self.graph.settings.shell, ws.root, self.planner.recipe_env(target), target.attrs.timeout)
+        job = Job(target.name, target.recipe or "", self.graph.settings.shell, cwd, self.planner.recipe_env(target), target.attrs.timeout)
         output = b""
         for attempt in range(target.attrs.retries + 1):
             outcome = self.executor.run(job)
@@ -304,8 +343,11 @@ class Scheduler:
         if outcome.interrupted:
             return failed("interrupted", output)
         if outcome.exit_code != 0:
-            return failed(f"timed out after {target.attrs.timeout:g}s" if outcome.timed_out else f"recipe exited with code {outcome.exit_code}", output)
-        changed = self.planner.changed_inputs(target)
+            error = f"timed out after {target.attrs.timeout:g}s" if outcome.timed_out else f"recipe exited with code {outcome.exit_code}"
+            if scratch is not None:
+                error += _undeclared_hint(output, action, ws.root)
+            return failed(error, output)
+        changed = None if scratch is not None else self.planner.changed_inputs(target)
         if changed:
             return failed(
                 f"its input '{changed}' changed while the recipe ran, so the result may mix old and new bytes; nothing was recorded. Run bb again.",
@@ -314,18 +356,21 @@ class Scheduler:
         if target.phony:
             return TargetReport(target.name, BUILT, key, duration, reasons, output=output.decode("utf-8", "replace"))
         try:
-            outputs = capture(store, ws.stats, ws.root, target.outputs)
+            stats = ws.stats if scratch is None else StatCache(None)
+            outputs = capture(store, stats, cwd, target.outputs)
             log_digest = store.put_bytes(output) if output else ""
             result = ActionResult(
                 key, outputs, 0, log_digest, outcome.started, duration, action.to_json(),
-                provenance={"host": os.uname().nodename, "bb": __version__, "executor": "local"},
+                provenance={"host": os.uname().nodename, "bb": __version__, "executor": "sandbox" if scratch else "local"},
             )
             store.put_result(result)
+            if scratch is not None:
+                materialize(store, ws.stats, ws.root, outputs)
         except OutputMissing as missing:
             kind = "directory" if missing.path.endswith("/") else "file"
             return failed(f"recipe succeeded but did not create the declared output {kind} '{missing.path}'", output)
         except FileChanged as err:
-            return failed(f"the output '{os.path.relpath(str(err), ws.root)}' changed while bb stored it (is a process the recipe started still writing it?); nothing was recorded", output)
+            return failed(f"the output '{os.path.relpath(str(err), cwd)}' changed while bb stored it (is a process the recipe started still writing it?); nothing was recorded", output)
         except BBError as err:
             return failed(f"{err.message} {err.hint}".strip(), output)
         except OSError as err:

@@ -1,0 +1,76 @@
+"""`bb build --sandbox`: each recipe runs with exactly its declared inputs, as
+a remote worker runs it; an undeclared input fails with its name."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import BB_CMD
+
+PIPELINE = """
+    out/clean.csv: data/raw.csv src/clean.py
+        python3 src/clean.py $< $@
+    @default
+    all: out/clean.csv listing.txt
+    listing.txt: data/
+        find data | sort > $@
+"""
+
+
+def write_project(project):
+    project.write("data/raw.csv", "a,b\n")
+    project.write("data/more/x.csv", "x\n")
+    project.write("src/helper.py", "SUFFIX = '!'\n")
+    project.write("src/clean.py", "import sys\nsys.path.insert(0, 'src')\nfrom helper import SUFFIX\nopen(sys.argv[2], 'w').write(open(sys.argv[1]).read().upper() + SUFFIX)\n")
+    project.batchfile(PIPELINE)
+
+
+def test_an_undeclared_input_fails_in_the_sandbox_with_its_name(project):
+    write_project(project)
+    proc = project.bb("build", "--sandbox", check=1)
+    assert "'src/helper.py', which the workspace has but the rule does not declare" in proc.stderr
+    # the same Batchfile works outside the sandbox: that is what the sandbox is for
+    project.bb("build", check=0)
+
+
+def test_declared_inputs_build_the_same_bytes_in_the_sandbox(project, tmp_path):
+    write_project(project)
+    project.batchfile(PIPELINE.replace("src/clean.py\n", "src/clean.py src/helper.py\n", 1))
+    report = project.build("--sandbox")
+    assert set(report.values()) == {"built"}
+    sandboxed = {p: project.read(p) for p in ("out/clean.csv", "listing.txt")}
+    assert sandboxed["out/clean.csv"] == "A,B\n!"
+    assert sandboxed["listing.txt"] == "data\ndata/more\ndata/more/x.csv\ndata/raw.csv\n"
+    # a local build of the same actions finds them in the store: same keys
+    assert set(project.build().values()) == {"cached"}
+    assert not list((project.root / ".bb" / "sandbox").iterdir())  # scratch folders are removed
+
+
+def test_the_worker_runs_an_action_from_the_store(project):
+    """What a container runs: the action's digest and the store, nothing else."""
+    write_project(project)
+    project.batchfile(PIPELINE.replace("src/clean.py\n", "src/clean.py src/helper.py\n", 1))
+    project.build("--sandbox", "out/clean.csv")
+    from buildsys.digest import hash_bytes
+    from buildsys.keys.action import Action
+
+    stored = [json.loads(p.read_bytes()) for p in (project.root / ".bb" / "ac").rglob("*") if p.is_file()]
+    action = Action.from_json(stored[0]["action"])
+    data = action.to_bytes()
+    digest = hash_bytes(data)
+    (project.root / ".bb" / "cas" / digest[:2]).mkdir(parents=True, exist_ok=True)
+    (project.root / ".bb" / "cas" / digest[:2] / digest).write_bytes(data)
+    proc = subprocess.run([sys.executable, "-m", "buildsys.worker", "--store", str(project.root / ".bb"), "--action", digest], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "already built" in proc.stdout  # its key is in the store: it runs nothing
+    for path in (project.root / ".bb" / "ac").rglob("*"):
+        if path.is_file():
+            path.unlink()
+    proc = subprocess.run([sys.executable, "-m", "buildsys.worker", "--store", str(project.root / ".bb"), "--action", digest], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "done" in proc.stdout
+    stored = [json.loads(p.read_bytes()) for p in (project.root / ".bb" / "ac").rglob("*") if p.is_file()]
+    assert stored and stored[0]["key"] == action.key() and stored[0]["provenance"]["executor"] == "container"
+    proc = subprocess.run(BB_CMD + ["build", "--json", "out/clean.csv"], cwd=project.root, capture_output=True, text=True)
+    assert json.loads(proc.stdout)["targets"][0]["status"] == "cached"
