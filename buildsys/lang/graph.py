@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from buildsys import units
 from buildsys.errors import BatchfileError, Location, UsageError, did_you_mean
-from buildsys.lang.model import Attribute, Batchfile, Rule
+from buildsys.lang.model import Attribute, Batchfile, Rule, show
 from buildsys.lang.settings import Settings, resolve
 
 REF = re.compile(r"\$(\$|@|<|\^|\*|\(([^()\s]+)\))")
@@ -78,8 +78,7 @@ def _too_long(what: str, size: int, where: Location | None, culprit: str = "") -
 
 
 def _short(text: str) -> str:
-    text = text.strip()
-    return text if len(text) <= 60 else text[:57] + "..."
+    return show(text.strip())
 
 
 @dataclass(frozen=True)
@@ -183,24 +182,33 @@ def expand(text: str, scope: dict, where: Location | None, *, recipe: bool = Fal
         token = m.group(1)
         if token == "$":
             return "$"
-        name = m.group(2) if token.startswith("(") else token
-        if name in scope:
-            value = _flat(scope[name])
-            size += len(value)
-            if size > MAX_VALUE:
-                raise _too_long(what or f"'{_short(text)}'", len(value), where, name if token.startswith("(") else "")
-            return value
-        if token.startswith("("):
-            hint = did_you_mean(name, [k for k in scope if NAME.fullmatch(k)])
-            if recipe:
-                hint += f" For the shell's command substitution write $$({name})."
-            raise BatchfileError(f"unknown variable '{name}' in '{text.strip()[:80]}'.", where=where, hint=hint.strip())
-        raise BatchfileError(f"'${name}' has no value here.", where=where, hint="$@, $< and $^ only mean something in a rule.")
+        name = m.group(2) or token
+        try:
+            value = scope[name]
+        except KeyError:
+            raise _unknown(name, token, text, scope, where, recipe) from None
+        if value.__class__ is not str:
+            value = " ".join(value)
+        size += len(value)
+        if size > MAX_VALUE:
+            raise _too_long(what or f"'{_short(text)}'", len(value), where, name if token[0] == "(" else "")
+        return value
 
     out = REF.sub(sub, text)
     if limits is not None:
-        limits.spend(len(out) + 50, where)
+        limits.bytes_left -= len(out) + 50  # limits.spend, inlined: this is the hot path
+        if limits.bytes_left < 0:
+            limits.spend(0, where)
     return out
+
+
+def _unknown(name: str, token: str, text: str, scope: dict, where, recipe: bool) -> BatchfileError:
+    if token.startswith("("):
+        hint = did_you_mean(name, [k for k in scope if NAME.fullmatch(k)])
+        if recipe:
+            hint += f" For the shell's command substitution write $$({name})."
+        return BatchfileError(f"unknown variable '{show(name)}' in '{_short(text)}'.", where=where, hint=hint.strip())
+    return BatchfileError(f"'${name}' has no value here.", where=where, hint="$@, $< and $^ only mean something in a rule.")
 
 
 def expand_recipe(text: str, scope: dict, where: Location | None, *, what: str = "", limits: Limits | None = None) -> str:
@@ -427,6 +435,12 @@ def _bindings(rule: Rule, scope: dict, limits: Limits) -> list:
             axes.append((loop, len(span), span))
         else:
             name = over[2:-1] if over.startswith("$(") and over.endswith(")") else over
+            if name not in scope and re.fullmatch(r"-?[0-9]+\.\.-?[0-9]+", over):
+                raise BatchfileError(
+                    f"@for {loop.var} in {_short(over)}: a range's bounds have at most 18 digits.",
+                    where=loop.location,
+                    hint=f"A loop makes at most {limits.rule_targets:,} targets ({LIMIT_ENV} raises that).",
+                )
             if name not in scope:
                 raise BatchfileError(
                     f"@for {loop.var} in {_short(over)}: unknown variable '{_short(name)}'.",
@@ -519,6 +533,7 @@ def build_graph(model: Batchfile, overrides: dict[str, str] | None = None, root:
     # output: an output at one of them would contain another output.
     holds: dict[str, str] = {}
     names: set[str] = set()  # phony names: not paths, so nothing nests in them
+    folders: set[str] = set()  # directory outputs, for messages
     default = None
 
     def claim(outputs, where, phony=False):
@@ -537,16 +552,18 @@ def build_graph(model: Batchfile, overrides: dict[str, str] | None = None, root:
             if phony:
                 names.add(key)
                 continue
+            if out[-1] == "/":
+                folders.add(key)
             inner = holds.get(key)
             if inner is not None:
-                raise _nested(inner, key, where, origin[inner], new_is_inner=False)
+                raise _nested(inner, out, where, origin[inner], new_is_inner=False)
             # The folders above the output; stop at one already recorded (its
             # own parents were recorded and checked with it): O(1) for siblings.
             cut = key.rfind("/")
             while cut > 0:
                 folder = key[:cut]
                 if folder in producer and folder not in names:
-                    raise _nested(key, folder, where, origin[folder], new_is_inner=True)
+                    raise _nested(out, folder + "/" if folder in folders else folder, where, origin[folder], new_is_inner=True)
                 if folder in holds:
                     break
                 holds[folder] = key
@@ -575,7 +592,9 @@ def build_graph(model: Batchfile, overrides: dict[str, str] | None = None, root:
                 raise BatchfileError("a @phony target has exactly one name.", where=rule.location)
             claim(outputs, rule.location, phony)
             inputs = [w for i in rule.inputs for w in expand_words(i, local, rule.location, limits=limits)]
-            limits.spend(8 * (len(inputs) + len(outputs)), rule.location)
+            limits.bytes_left -= 8 * (len(inputs) + len(outputs))
+            if limits.bytes_left < 0:
+                limits.spend(0, rule.location)
             pending.append(_Pending(rule, outputs, inputs, local, params, attrs, phony))
             if is_default and default is None:
                 default = outputs[0].rstrip("/")
@@ -666,8 +685,8 @@ def build_graph(model: Batchfile, overrides: dict[str, str] | None = None, root:
             # The automatic variables hold paths, some from globs: any file
             # name at all. They reach the shell as quoted words where a name
             # needs it ('a b.csv'); plain names (data/a.csv) stay as they are.
-            quoted_in = tuple(map(shell_word, inputs))
-            quoted_out = tuple(map(shell_word, p.outputs))
+            quoted_in = tuple(map(shell_word, inputs)) if _UNSAFE("".join(inputs)) else tuple(inputs)
+            quoted_out = tuple(map(shell_word, p.outputs)) if _UNSAFE("".join(p.outputs)) else p.outputs
             local = dict(p.scope)
             local.update({"@": quoted_out[0], "<": quoted_in[0] if quoted_in else "", "^": " ".join(quoted_in), "in": quoted_in, "out": quoted_out})
             local["*"] = shell_word(local.get("*", ""))

@@ -5,6 +5,17 @@ from dataclasses import dataclass, field
 
 from buildsys.errors import Location
 
+
+def show(text: str, limit: int = 60) -> str:
+    """User text inside a one-line message: shortened, and with control
+    characters and line separators (\\x0c, \\u2028...) written as escapes."""
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 @dataclass(frozen=True)
 class Assignment:
     name: str

@@ -14,7 +14,7 @@ import textwrap
 from pathlib import Path
 
 from buildsys.errors import BatchfileError, Location
-from buildsys.lang.model import Assignment, Attribute, Batchfile, Loop, Rule, Setting
+from buildsys.lang.model import Assignment, Attribute, Batchfile, Loop, Rule, Setting, show
 
 # A link to grammar/batchfile.lark, so the grammar ships inside the package.
 GRAMMAR = Path(__file__).parent / "batchfile.lark"
@@ -185,18 +185,32 @@ class _ToModel:
         return textwrap.dedent("\n".join(line.rstrip() for line in body)), first
 
 
+def _excerpt(source: str, column: int) -> str:
+    """The source line and a caret under `column` (tabs kept, so the caret
+    lines up); a long line is cut to a window around the column."""
+    at = max(column, 1) - 1
+    start = max(0, at - 80)
+    piece = source[start : start + 160]
+    lead = "..." if start else ""
+    shown = lead + "".join(c if c.isprintable() or c == "\t" else "?" for c in piece) + ("..." if start + 160 < len(source) else "")
+    pad = " " * len(lead) + "".join("\t" if c == "\t" else " " for c in piece[: at - start])
+    return f"    {shown.rstrip()}\n    {pad}^"
+
+
 def _syntax_error(err, path: str, text: str) -> BatchfileError:
     from lark.exceptions import UnexpectedCharacters, UnexpectedToken
 
     line, column = getattr(err, "line", 0), getattr(err, "column", 0)
-    source = text.splitlines()[line - 1] if 0 < line <= len(text.splitlines()) else ""
-    caret = f"    {source}\n    {' ' * (max(column, 1) - 1)}^"
+    # Lark counts lines by "\n" alone (str.splitlines also breaks at \x0c, \u2028...)
+    lines = text.split("\n")
+    source = lines[line - 1].rstrip("\r") if 0 < line <= len(lines) else ""
+    caret = _excerpt(source, column)
     expected = sorted({TOKEN_WORDS.get(t, t.lower()) for t in getattr(err, "expected", None) or getattr(err, "allowed", None) or ()})
     if isinstance(err, UnexpectedToken):
         kind = err.token.type
-        found = "end of file" if kind == "$END" else "end of line" if kind == "_NL" else f"'{err.token}'"
+        found = "end of file" if kind == "$END" else "end of line" if kind == "_NL" else f"'{show(str(err.token))}'"
     elif isinstance(err, UnexpectedCharacters):
-        found = f"'{err.char}'"
+        found = f"'{show(err.char)}'"
     else:
         found = "input"
     message = f"syntax error: unexpected {found}."
@@ -249,7 +263,7 @@ def parse_text(text: str, path: str) -> list:
         tree = _lark().parse(text)
     except UnexpectedInput as err:
         raise _syntax_error(err, path, text) from None
-    return list(_ToModel(path, text.splitlines()).statements(tree))
+    return list(_ToModel(path, text.split("\n")).statements(tree))
 
 
 def _kind(mode: int) -> str:
