@@ -273,6 +273,15 @@ def test_plain_names_reach_the_recipe_unchanged(project):
     assert project.read("out/all.txt") == "data/a.csv data/b.csv\ndata/a.csv out/all.txt\ndata/a.csv data/b.csv out/all.txt\n"
 
 
+def test_a_globbed_file_name_that_is_not_utf8(project):
+    project.write("data/a.csv", "a\n")
+    with open(os.path.join(os.fsencode(project.root), b"data", b"b\xff.csv"), "w") as f:
+        f.write("b\n")
+    err = bad(project, "all.txt: data/*.csv\n\tcat $^ > $@\n")
+    at(err, "Batchfile:1:1")
+    assert "data/b\\xff.csv" in err and "not UTF-8" in err, err
+
+
 # ---- 7. secrets ----------------------------------------------------------------------------------
 
 
@@ -315,6 +324,22 @@ def test_secret_errors(project, text, where, what):
 
 
 # ---- strings ---------------------------------------------------------------------------------------
+
+
+def test_line_separators_inside_lines_do_not_shift_recipes():
+    # str.splitlines() breaks at \x0c and \u2028 too; Lark counts "\n" only
+    from buildsys.lang.parse import parse_text
+
+    first, second = parse_text("a:\n\techo 1\x0c2\u2028 > $@\nb:\n\techo b > $@\n", "Batchfile")
+    assert second.recipe == "echo b > $@"
+    assert first.recipe == "echo 1\x0c2\u2028 > $@"
+
+
+def test_control_characters_are_escaped_in_messages(project):
+    err = bad(project, 'settings:\n    cache = "s3\\x0c\\u2028"\nout.txt:\n\techo > $@\n')
+    at(err, "Batchfile:2:5")
+    assert "'s3\\x0c\\u2028'" in err, err
+    assert len(err.strip().splitlines()) == 1, err
 
 
 def test_escapes_keep_non_ascii_text(project, monkeypatch):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from buildsys import units
 from buildsys.errors import BatchfileError, Location, UsageError, did_you_mean
-from buildsys.lang.model import Attribute, Batchfile, Rule, show
+from buildsys.lang.model import Attribute, Batchfile, Rule, one_line, show
 from buildsys.lang.settings import Settings, resolve
 
 REF = re.compile(r"\$(\$|@|<|\^|\*|\(([^()\s]+)\))")
@@ -520,6 +520,7 @@ class _PatternRule:
         return None
 
 
+@one_line
 def build_graph(model: Batchfile, overrides: dict[str, str] | None = None, root: str = ".", wanted=()) -> Graph:
     """`wanted`: paths asked for on the command line, which pattern rules may make."""
     limits = Limits.from_env()
@@ -675,6 +676,14 @@ def build_graph(model: Batchfile, overrides: dict[str, str] | None = None, root:
                         where=p.rule.location,
                         hint="Check the pattern, or create the files it should match.",
                     )
+                for f in found:
+                    if not f.isascii() and not _utf8(f):
+                        raise BatchfileError(
+                            f"input pattern '{_short(word)}' of '{_short(p.outputs[0])}' matches '{_short(f.encode('utf-8', 'surrogateescape').decode('utf-8', 'backslashreplace'))}',"
+                            " a file name that is not UTF-8 text.",
+                            where=p.rule.location,
+                            hint="Rename the file (names enter recipes and keys as text), or narrow the pattern.",
+                        )
                 inputs.extend(found)
             else:
                 inputs.append(_normalize_input(word))
@@ -768,6 +777,16 @@ def _neighbours(path: str, root: str) -> list[str]:
         return []
 
 
+def _utf8(name: str) -> bool:
+    """False for a file name read from disk whose bytes are not UTF-8 (Python
+    keeps them as lone surrogates, which no key or recipe can encode)."""
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 def _is_glob(word: str) -> bool:
     return any(c in word for c in "*?")
 
@@ -823,6 +842,7 @@ def _postorder(graph: Graph, roots) -> list[str]:
     return order
 
 
+@one_line
 def select(graph: Graph, names: list[str]) -> list[str]:
     """Resolve command-line target names: a target, an output path, or a glob."""
     if not names:

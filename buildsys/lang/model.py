@@ -16,6 +16,25 @@ def show(text: str, limit: int = 60) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+def one_line(func):
+    """Errors of `func` print as one paragraph even when they quote the
+    user's text: a \\x0c or \\u2028 in a value or path is shown escaped."""
+    import functools
+
+    from buildsys.errors import BBError
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except BBError as err:
+            if not (err.message + err.hint).isprintable():
+                err.message, err.hint = show(err.message, 2000), show(err.hint, 2000)
+            raise
+
+    return wrapper
+
+
 @dataclass(frozen=True)
 class Assignment:
     name: str

@@ -14,7 +14,7 @@ import textwrap
 from pathlib import Path
 
 from buildsys.errors import BatchfileError, Location
-from buildsys.lang.model import Assignment, Attribute, Batchfile, Loop, Rule, Setting, show
+from buildsys.lang.model import Assignment, Attribute, Batchfile, Loop, Rule, Setting, one_line, show
 
 # A link to grammar/batchfile.lark, so the grammar ships inside the package.
 GRAMMAR = Path(__file__).parent / "batchfile.lark"
@@ -138,7 +138,7 @@ class _ToModel:
         name, op, value = node.children
         if not name.isidentifier():
             raise BatchfileError(
-                f"'{name}' is not a valid variable name.",
+                f"'{show(name)}' is not a valid variable name.",
                 where=self.loc(name),
                 hint="Variable names are letters, digits and '_' and start with a letter.",
             )
@@ -251,6 +251,7 @@ def check_text(text: str, path: str) -> None:
                 )
 
 
+@one_line
 def parse_text(text: str, path: str) -> list:
     """Parse one file into its statements, in order; includes are left as
     ("include", name, location) markers."""
@@ -285,7 +286,7 @@ def read_source(file: str | os.PathLike, where: Location | None = None) -> bytes
     name = os.fspath(file)
 
     def fail(why: str, hint: str = "") -> BatchfileError:
-        return BatchfileError(f"cannot read '{name}': {why}.", where=where, hint=hint)
+        return BatchfileError(f"cannot read '{show(name, 200)}': {why}.", where=where, hint=hint)
 
     regular_only = "A Batchfile (and every file it includes) must be a regular file."
     try:
@@ -338,6 +339,7 @@ def decode_source(data: bytes, path: str) -> str:
         ) from None
 
 
+@one_line
 def parse_file(path: str | os.PathLike) -> Batchfile:
     """Parse a Batchfile and everything it includes (paths relative to the including file)."""
     root = Path(path)
@@ -354,7 +356,7 @@ def parse_file(path: str | os.PathLike) -> Batchfile:
         try:
             return file.resolve()
         except (OSError, RuntimeError, ValueError) as err:  # a symlink loop, say
-            raise BatchfileError(f"cannot read '{file}': {err}.", where=where) from None
+            raise BatchfileError(f"cannot read '{show(str(file), 200)}': {show(str(err), 200)}.", where=where) from None
 
     # Includes are spliced in place: walk a stack of iterators, not recursion.
     pending = [iter(read(root, None))]
@@ -378,7 +380,7 @@ def parse_file(path: str | os.PathLike) -> Batchfile:
             target = files[-1].parent / name
             real = identity(target, where)
             if real in seen:
-                raise BatchfileError(f"'{name}' is included twice (or includes itself).", where=where)
+                raise BatchfileError(f"'{show(name, 200)}' is included twice (or includes itself).", where=where)
             seen.add(real)
             pending.append(iter(read(target, where)))
             files.append(target)
