@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+# Fixtures for remote execution (docker, base image, registry, moto, Batch): tests/infra/fixtures.py
+pytest_plugins = ["infra.fixtures"]
+
 BB = shutil.which("bb")
 BB_CMD = [BB] if BB else [sys.executable, "-m", "buildsys"]
 
@@ -78,30 +81,12 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def moto_endpoint():
-    """moto_server as the AWS endpoint, started for the test session. Tests
-    that use it must run: if it cannot start, they fail."""
-    import time
-    import urllib.request
-
-    port = _free_port()
-    exe = shutil.which("moto_server")
-    cmd = [exe] if exe else [sys.executable, "-m", "moto.server"]
-    proc = subprocess.Popen(cmd + ["-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 30
-    while True:
-        try:
-            urllib.request.urlopen(url + "/moto-api/", timeout=1)
-            break
-        except Exception:
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                raise RuntimeError("moto_server did not start; install the test extras: pip install -e '.[test]'")
-            time.sleep(0.1)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
+def moto_endpoint(moto_server):
+    """moto_server as the AWS endpoint, started for the test session (with
+    MOTO_DOCKER_NETWORK_MODE=host, so Batch job containers reach it on
+    127.0.0.1; see tests/infra/moto.py). Tests that use it must run: if it
+    cannot start, they fail."""
+    return moto_server.endpoint
 
 
 class S3:
