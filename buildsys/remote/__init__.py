@@ -1,0 +1,1 @@
+"""Remote execution: the environment image and the AWS Batch and Docker backends."""
