@@ -10,7 +10,7 @@ import time
 from buildsys import __version__
 from buildsys.errors import BatchfileError, BBError, BuildFailed, Interrupted, UsageError
 
-COMMANDS = ("build", "plan", "why", "status", "log", "list", "graph", "clean", "cache")
+COMMANDS = ("build", "plan", "why", "status", "debug", "log", "list", "graph", "clean", "cache")
 BATCHFILE_NAMES = ("Batchfile", "batchfile", "Batchfile.bb")
 
 
@@ -118,12 +118,24 @@ def _run(args, *, dry_run: bool):
     quiet = args.quiet or dry_run
     ui = PlainUI(quiet=True) if dry_run else make_ui(verbose=args.verbose, quiet=quiet)
     planner = ctx.planner = Planner(ctx.graph, ctx.store, ctx.workspace)
-    executor = None
+    executor = remote = None
+    backend = getattr(args, "remote", None)
+    if backend is not None:
+        from buildsys.cli.remote import environment_image, remote_executor
+
+        backend = backend or ctx.graph.settings.executor
+        spec, planner.remote_image = environment_image(ctx, backend)
+        if not dry_run:
+            remote = remote_executor(ctx, backend, spec, ui)
     if not dry_run:
         from buildsys.run.executors.local import LocalExecutor
 
         executor = LocalExecutor(os.path.join(ctx.workspace.state, "running"))
-    sched = Scheduler(planner, executor, ui, jobs=jobs, keep_going=args.keep_going, always=args.always_make, dry_run=dry_run, explain=args.verbose, sandbox=getattr(args, "sandbox", False))
+    sched = Scheduler(
+        planner, executor, ui, jobs=jobs, keep_going=args.keep_going, always=args.always_make, dry_run=dry_run, explain=args.verbose,
+        sandbox=getattr(args, "sandbox", False), remote=remote, remote_jobs=args.jobs or (jobs if backend == "docker" else 1000),
+    )
+    sched.force.update(getattr(args, "force", ()))
     t0 = time.time()
     shared = getattr(ctx.store, "remote", None) is not None
     planner.check_declared_env(ctx.graph.closure(roots))
@@ -141,6 +153,8 @@ def _run(args, *, dry_run: bool):
             signal=getattr(stop, "signum", 2),
         ) from None
     finally:
+        if remote is not None:
+            remote.stop()
         if executor is not None:
             executor.close()
         ctx.workspace.save(index=not dry_run)
@@ -308,6 +322,27 @@ def cmd_why(args) -> int:
     return 0
 
 
+def cmd_debug(args) -> int:
+    """Run one target's action again, in the environment image on this
+    machine's Docker Engine (the image a remote run used), and show all it
+    prints: a failed remote job, reproduced locally."""
+    from buildsys.lang.graph import select
+
+    args.targets = [args.target] + args.overrides_words
+    args.remote = "docker"
+    args.jobs, args.keep_going, args.always_make, args.verbose, args.quiet, args.json, args.sandbox = 1, False, False, True, False, False, False
+    targets, overrides = _split_overrides(args.targets)
+    args.overrides = overrides
+    _lock(args)
+    args.force = set(select(load_context(args, wanted=targets, shared=False).graph, targets))
+    ctx, roots, reports, _ = _run(args, dry_run=False)
+    report = reports[roots[0]]
+    print(f"bb: {roots[0]}: {report.status}" + (f" ({report.error})" if report.error else ""), file=sys.stderr)
+    if report.output:
+        sys.stdout.write(report.output if report.output.endswith("\n") else report.output + "\n")
+    return 0 if report.status in ("built", "cached") else 1
+
+
 # ---- inspection ---------------------------------------------------------------------
 
 
@@ -468,6 +503,28 @@ def _common(default) -> argparse.ArgumentParser:
     return common
 
 
+REMOTES = ("batch", "docker")
+
+
+def remote_option(p) -> None:
+    p.add_argument(
+        "--remote", nargs="?", const="", default=None, metavar="BACKEND",
+        help="run missing work as containers: on AWS Batch (batch), or on this machine's Docker Engine (docker); default: the 'executor' setting, else batch",
+    )
+
+
+def _remote_words(argv: list[str]) -> list[str]:
+    """`--remote docker` names a backend; `--remote out.txt` does not (the
+    word is a target): only known backend names are taken."""
+    out = []
+    for i, word in enumerate(argv):
+        if word == "--remote" and (i + 1 >= len(argv) or argv[i + 1] not in REMOTES):
+            out.append("--remote=")
+        else:
+            out.append(word)
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _common(argparse.SUPPRESS)
 
@@ -488,6 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-v", "--verbose", action="store_true", help="show every target, why it ran, and recipe output")
         p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
         p.add_argument("--json", action="store_true", help="print a machine-readable report on stdout at the end")
+        remote_option(p)
 
     p = sub.add_parser("build", parents=[common], help="build targets (the default target if none is named)")
     build_options(p)
@@ -503,13 +561,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("why", parents=[common], help="explain why a target would be rebuilt: which input, line or parameter changed")
     p.add_argument("target")
     p.add_argument("overrides_words", nargs="*", metavar="VAR=VALUE")
+    remote_option(p)
     p.set_defaults(func=cmd_why)
 
     p = sub.add_parser("status", parents=[common], help="outputs in the workspace that are missing, stale, modified or out of date")
     p.add_argument("targets", nargs="*", metavar="TARGET|VAR=VALUE")
     p.add_argument("-v", "--verbose", action="store_true", help="list the outputs that are ok too")
     p.add_argument("--json", action="store_true")
+    remote_option(p)
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("debug", parents=[common], help="run a target's action again in its environment image on the local Docker Engine, and show its output")
+    p.add_argument("target")
+    p.add_argument("overrides_words", nargs="*", metavar="VAR=VALUE")
+    p.set_defaults(func=cmd_debug)
 
     p = sub.add_parser("log", parents=[common], help="print what a target's last run printed")
     p.add_argument("target")
@@ -566,7 +631,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or not any(a in COMMANDS for a in argv) and not any(a in ("-h", "--help", "--version") for a in argv):
         argv = ["build"] + argv  # plain `bb [TARGET...] [-j N]` builds, as `make` does
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_remote_words(argv))
     if getattr(args, "func", None) is None:
         parser.parse_args(argv + ["--help"])
     _handle_stop_signals()

@@ -75,6 +75,7 @@ class Planner:
         self._sources: dict[str, tuple[str, bool, bool]] = {}  # source input -> (digest, executable, folder), this run
         self._tree_files: dict[str, set[str]] = {}  # source folder -> the files hashed in it
         self._environment: dict[str, tuple] = {}
+        self.remote_image = ""  # with --remote: "repository:tag" of the environment image
 
     # -- digests ----------------------------------------------------------------
 
@@ -162,7 +163,9 @@ class Planner:
         return self._manifests[digest]
 
     def environment(self, target: Target) -> tuple:
-        image = target.attrs.image or self.graph.settings.image
+        # Remote targets run in the environment image: its name (repository
+        # and content tag, never the registry's address) keys them.
+        image = self.remote_image if self.remote_image and not target.attrs.local else target.attrs.image or self.graph.settings.image
         if image not in self._environment:
             fields = [("image", image), ("shell", self.graph.settings.shell)]
             req = self.graph.settings.requirements
@@ -177,7 +180,7 @@ class Planner:
             # Without a declared requirements (lock) file, local recipes are
             # keyed by the Python environment actually installed; with one,
             # by the declaration, which teammates share.
-            if not image and not req:
+            if not image and not req:  # (a remote image is keyed by its tag, which covers its packages)
                 python = self.python()
                 if python is not None:
                     fields.append(("python", python.fingerprint()))

@@ -57,15 +57,53 @@ def _positive_int(value, where, name):
     return int(value)
 
 
+def _platform(value, where, name):
+    value = _string(value, where, name)
+    if not re.fullmatch(r"linux/(amd64|arm64|arm/v7|386|ppc64le|s390x)", value):
+        raise BatchfileError(f"setting '{name}': '{value}' is not a platform such as linux/amd64 or linux/arm64.", where=where)
+    return value
+
+
+def _packages(value, where, name):
+    items = value if isinstance(value, tuple) else tuple(value.split())
+    for item in items:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9+.\-]*(=[A-Za-z0-9.+~:\-]+)?", item):
+            raise BatchfileError(f"setting '{name}': '{item}' is not a Debian package name.", where=where)
+    return items
+
+
+def _executor(value, where, name):
+    value = _string(value, where, name)
+    if value not in ("batch", "docker"):
+        raise BatchfileError(f"setting '{name}': '{value}' is not a remote executor.", where=where, hint="Use batch (AWS Batch) or docker (this machine's Docker Engine).")
+    return value
+
+
+def _duration(value, where, name):
+    from buildsys import units
+
+    value = _string(value, where, name)
+    seconds = units.duration(value, "smhd", bare=True)
+    if seconds is None or seconds <= 0:
+        raise BatchfileError(f"setting '{name}': '{value}' is not a duration such as 30m or 2h.", where=where)
+    return seconds
+
+
 KNOWN = {
     "store": _string,  # local store folder (default .bb)
     "cache": _cache_url,  # shared cache, such as s3://bucket/prefix
     "cache_mode": _cache_mode,  # read-write (default) or read-only: use the shared cache but never write to it
     "endpoint": _string,  # S3-compatible endpoint URL (else AWS_ENDPOINT_URL or AWS itself)
-    "image": _string,  # default container image for remote work
+    "image": _string,  # the base image remote work runs in (bb builds the environment image from it)
     "requirements": _string,  # requirements or lock file; its digest enters every key
     "registry": _string,  # container registry to push the image to
     "queue": _string,  # AWS Batch job queue
+    "job_role": _string,  # IAM role ARN the remote jobs run as (their only credentials)
+    "platform": _platform,  # the environment image's platform (default linux/amd64)
+    "dockerfile": _string,  # your own Dockerfile for the environment image (bb is added to it)
+    "system_packages": _packages,  # Debian packages installed in the environment image
+    "executor": _executor,  # where --remote sends work: batch (default) or docker
+    "runnable_timeout": _duration,  # a remote job waiting this long for a machine is reported, not waited on
     "region": _region,  # AWS region
     "env": _names,  # environment variables every recipe sees (they enter the keys)
     "secrets": _names,  # environment variables every recipe sees, never keyed nor stored
@@ -84,6 +122,12 @@ class Settings:
     requirements: str = ""
     registry: str = ""
     queue: str = ""
+    job_role: str = ""
+    platform: str = "linux/amd64"
+    dockerfile: str = ""
+    system_packages: tuple[str, ...] = field(default=())
+    executor: str = "batch"
+    runnable_timeout: float = 1800.0
     region: str = ""
     env: tuple[str, ...] = field(default=())
     secrets: tuple[str, ...] = field(default=())

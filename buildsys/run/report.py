@@ -18,6 +18,7 @@ class TargetReport:
     output: str = ""  # what the recipe printed
     log: str = ""  # where a failed recipe's output was saved
     waiting_on: str = ""  # dry runs: the upstream target whose output decides this one's key
+    where: dict = field(default_factory=dict)  # remote runs: executor, job id, attempts
 
     def to_json(self) -> dict:
         out = {"target": self.name, "status": self.status, "key": self.key, "duration": round(self.duration, 6)}
@@ -25,4 +26,6 @@ class TargetReport:
             out["error"] = self.error
         if self.reasons:
             out["reasons"] = self.reasons
+        if self.where:
+            out["where"] = self.where
         return out

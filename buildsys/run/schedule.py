@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import errno
 import os
+import queue
 import threading
 import time
 from collections import deque
 
 from buildsys import __version__
 from buildsys.keys.action import Action
-from buildsys.run.executors import Executor, Job
+from buildsys.run.executors import ActionJob, Completion, Executor, Job, Resources
 from buildsys.lang.graph import Target
 from buildsys.digest import StatCache
 from buildsys.errors import BBError
@@ -34,7 +35,7 @@ def _undeclared_hint(output: bytes, action: Action, root: str) -> str:
 
 
 class Scheduler:
-    def __init__(self, planner: Planner, executor: Executor, ui, *, jobs: int, keep_going=False, always=False, dry_run=False, explain=False, sandbox=False):
+    def __init__(self, planner: Planner, executor: Executor, ui, *, jobs: int, keep_going=False, always=False, dry_run=False, explain=False, sandbox=False, remote=None, remote_jobs=1000):
         self.planner = planner
         self.graph = planner.graph
         self.executor = executor
@@ -48,6 +49,13 @@ class Scheduler:
         self.reports: dict[str, TargetReport] = {}
         self.force: set[str] = set()  # targets whose stored result proved unusable: run them
         self._stopping = threading.Event()
+        self._events: queue.SimpleQueue = queue.SimpleQueue()  # (target, future or report), from any thread
+        self._threads = None
+        self.remote = remote  # a RemoteExecutor, or None: everything runs here
+        self.remote_jobs = remote_jobs  # remote jobs in flight at most
+        self._remote_actions: dict[str, list[tuple[Target, Action]]] = {}  # key -> what it stands for
+        if remote is not None:
+            remote.start(self)
 
     # -- the main loop ---------------------------------------------------------------
 
@@ -59,8 +67,8 @@ class Scheduler:
             for dep in self.graph.deps[name]:
                 dependents[dep].append(name)
         ready = deque(name for name in order if waiting[name] == 0)
-        running: dict = {}  # future -> (target, slots it holds)
-        runnable: deque = deque()  # (target, action): must run, waiting for job slots
+        running: dict[str, int] = {}  # target -> local job slots it holds
+        runnable: deque = deque()  # (target, action): must run, waiting for a slot
         free = self.jobs
         stopping = False
         self.ui.begin(len(order))
@@ -71,7 +79,6 @@ class Scheduler:
                 if waiting[d] == 0:
                     ready.append(d)
 
-        pool = None
         shared = getattr(self.planner.store, "remote", None) is not None
         if shared:
             self.planner.store.load_bundle(self.planner.bundle_name(order))
@@ -91,7 +98,7 @@ class Scheduler:
                         if dep in self.reports:
                             self._unusable(dep, repair.reason)
                             del self.reports[dep]
-                            started = {n for n, _ in runnable} | {n for n, _ in running.values()}
+                            started = {n for n, _ in runnable} | set(running)
                             for d in dependents[dep]:
                                 if d not in self.reports and d != name and d not in started:
                                     if d in ready:
@@ -105,47 +112,59 @@ class Scheduler:
                         release(name)
                     else:
                         runnable.append((name, outcome))
-                # Start what fits in the free job slots, in order.
+                # Start what fits: local recipes in the free job slots, in
+                # order; remote ones up to the limit of jobs in flight, handed
+                # over together (a fan-out becomes one array job).
+                batch = []
                 while runnable and not stopping:
                     name, action = runnable[0]
                     target = self.graph.targets[name]
+                    if self._runs_remotely(target):
+                        if len(running) >= self.remote_jobs:
+                            break
+                        runnable.popleft()
+                        running[name] = 0
+                        batch.append((target, action))
+                        self.ui.start(name)
+                        continue
                     need = min(target.attrs.cpus, self.jobs)
-                    if need > free and running:
+                    if need > free and any(running.values()):
                         break
                     runnable.popleft()
                     free -= need
+                    running[name] = need
                     self.ui.start(name)
-                    if pool is None:  # imported and started only when a recipe runs
-                        from concurrent.futures import ThreadPoolExecutor
-
-                        pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="bb-run")
-                    running[pool.submit(self._execute, target, action)] = (name, need)
+                    self._pool().submit(self._execute, target, action).add_done_callback(lambda f, n=name: self._events.put((n, f)))
+                if batch:
+                    self._pool().submit(self._submit_remote, batch)
                 if not running:
                     if stopping or not (ready or runnable):
                         break
                     continue
-                from concurrent.futures import FIRST_COMPLETED, wait
-
-                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
-                for future in done:
-                    name, need = running.pop(future)
-                    free += need
-                    report = future.result()
-                    self._finish(report)
-                    if report.status == FAILED and not self.keep_going:
-                        stopping = True
-                    release(name)
+                name, future = self._events.get()
+                free += running.pop(name)
+                report = future.result() if hasattr(future, "result") else future
+                self._finish(report)
+                if report.status == FAILED and not self.keep_going:
+                    stopping = True
+                release(name)
         except KeyboardInterrupt:
             self._stopping.set()
-            self.executor.cancel_all()
-            for future in list(running):
-                report = future.result()
-                if report.status != FAILED:
-                    self._finish(report)
+            if self.remote is not None:
+                self.remote.cancel()
+            if self.executor is not None:
+                self.executor.cancel_all()
+            while any(running.values()):  # local recipes end at once now
+                name, future = self._events.get()
+                if running.pop(name, 0):
+                    report = future.result() if hasattr(future, "result") else future
+                    if report.status != FAILED:
+                        self._finish(report)
             raise
         finally:
-            if pool is not None:
-                pool.shutdown(wait=True)
+            if self._threads is not None:
+                self._threads.shutdown(wait=not self._stopping.is_set())
+                self._threads = None
         for name in order:
             if name not in self.reports:
                 self.reports[name] = TargetReport(name, SKIPPED, error="not started: an earlier target failed")
@@ -256,6 +275,93 @@ class Scheduler:
                     self._materialize(dep)
                 except CorruptEntry as err:
                     raise UnusableInput(dep, str(err)) from None
+
+    def _pool(self):
+        """Threads for recipes and transfers, started when first needed."""
+        if self._threads is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._threads = ThreadPoolExecutor(max_workers=max(self.jobs, 4), thread_name_prefix="bb-run")
+        return self._threads
+
+    # -- remote execution ----------------------------------------------------------------
+
+    def _runs_remotely(self, target: Target) -> bool:
+        return self.remote is not None and not target.phony and not target.attrs.local
+
+    def _submit_remote(self, batch) -> None:
+        """On a worker thread: put each action and its source inputs in the
+        store, then hand the jobs to the remote executor at once."""
+        store, ws = self.planner.store, self.planner.workspace
+        jobs, blobs = [], []
+        for target, action in batch:
+            key = action.key()
+            try:
+                self._clear_outputs(target)
+                sources = {p.rstrip("/") for p in target.inputs if self.graph.is_source(p)}
+                changed = sandbox.stage_sources(action, ws.root, sources, store)
+                if changed:
+                    raise BBError(f"its input '{changed}' changed after bb read it; nothing was sent. Run bb again.")
+                digest = store.put_bytes(action.to_bytes())
+            except (BBError, OSError, CorruptEntry) as err:
+                text = f"{err.message} {err.hint}".strip() if isinstance(err, BBError) else str(err)
+                self._events.put((target.name, TargetReport(target.name, FAILED, key, error=text)))
+                continue
+            blobs.append(digest)
+            blobs.extend(d for _, d, _ in action.inputs)
+            self._remote_actions.setdefault(key, []).append((target, action))
+            a = target.attrs
+            jobs.append(ActionJob(key, digest, target.name, Resources(a.cpus, a.memory, a.gpus, a.timeout)))
+        if not jobs:
+            return
+        try:
+            if hasattr(store, "push_blobs"):
+                store.push_blobs(blobs)  # the worker reads them from the shared store
+            self.remote.submit(jobs)
+        except Exception as err:  # every job must end with a report, or the build waits forever
+            text = f"{err.message} {err.hint}".strip() if isinstance(err, BBError) else f"could not submit it: {type(err).__name__}: {err}"
+            for job in jobs:
+                for target, _ in self._remote_actions.pop(job.key, ()):
+                    self._events.put((target.name, TargetReport(target.name, FAILED, job.key, error=text)))
+
+    # The Sink, called from the remote executor's monitor thread.
+
+    def stage(self, key: str, stage: str) -> None:
+        if self.explain:
+            for target, _ in self._remote_actions.get(key, ()):
+                self.ui.note(f"{target.name}: {stage}")
+
+    def finished(self, completion: Completion) -> None:
+        for target, action in self._remote_actions.pop(completion.key, ()):
+            self._pool().submit(self._collect, target, action, completion).add_done_callback(lambda f, n=target.name: self._events.put((n, f)))
+
+    def _collect(self, target: Target, action: Action, completion: Completion) -> TargetReport:
+        """A remote job ended: take its result from the store (trusting the
+        result, never the job's status alone)."""
+        key, store, ws = completion.key, self.planner.store, self.planner.workspace
+        where = {"executor": self.remote.name, **completion.details, "attempts": completion.attempts}
+        if completion.exit_code == 0:
+            try:
+                result = store.get_result(key, fresh=True)
+            except CorruptEntry:
+                result = None
+            if result is not None and self.planner.usable(target, result):
+                self.planner.results[target.name] = result
+                ws.record(target.name, result)
+                status = CACHED if completion.details.get("cached") else BUILT
+                return TargetReport(target.name, status, key, result.duration, where=where, output=completion.log)
+            error = f"the remote job ended well but left no usable result in the store ({completion.message or 'no message'})"
+        elif completion.cancelled:
+            error = "cancelled"
+        else:
+            error = f"the remote job failed: exit code {completion.exit_code}" if completion.exit_code > 0 else "the remote job failed"
+            if completion.message:
+                error += f" ({completion.message})"
+            names = sandbox.undeclared_reads(completion.log, action, ws.root)
+            if names:
+                error += _undeclared_hint(completion.log.encode(), action, ws.root)
+        log = ws.write_log(target.name, completion.log.encode()) if completion.log else ""
+        return TargetReport(target.name, FAILED, key, error=error, output=completion.log, log=log, where=where)
 
     # -- one target, on a worker thread ----------------------------------------------
 

@@ -107,9 +107,14 @@ class TieredStore:
         return self.local.claim(key, give_up)
 
     def get_result(self, key: str, fresh: bool = False) -> ActionResult | None:
+        """`fresh`: ask again, even where an earlier answer was a miss (a
+        remote worker may have written the result since)."""
         result = self.local.get_result(key, fresh)
         if result is not None:
             return result
+        if fresh:
+            self._remote_results.pop(key, None)
+            self._bundle.pop(key, None)
         result = self._from_remote(key)
         if result is not None:
             self.remote_hits += 1
@@ -173,6 +178,15 @@ class TieredStore:
         self.local.discard(digest)
 
     # -- uploads ------------------------------------------------------------------------
+
+    def push_blobs(self, digests) -> None:
+        """Upload these local blobs now, skipping those the bucket has (the
+        inputs of remote jobs, which read them from the shared store)."""
+        digests = list(dict.fromkeys(digests))
+        absent = self.remote.missing_blobs(digests) if len(digests) > LIST_ABOVE else None
+        todo = [d for d in digests if absent is None or d in absent]
+        for future in [self._blob_pool.submit(self.remote.upload_blob, self.local.blob_path(d), d, force=absent is not None) for d in todo]:
+            future.result()
 
     def blobs_of(self, result: ActionResult) -> list[str]:
         digests = [result.log] if result.log else []
