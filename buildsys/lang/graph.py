@@ -788,7 +788,7 @@ def _utf8(name: str) -> bool:
 
 
 def _is_glob(word: str) -> bool:
-    return any(c in word for c in "*?")
+    return "*" in word or "?" in word
 
 
 def _glob(pattern: str, root: str, declared: list[str], watched: set[str]) -> list[str]:
