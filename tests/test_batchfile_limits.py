@@ -193,6 +193,15 @@ def test_the_total_of_all_rules_is_limited_too(project):
     assert "limit of 10 targets" in err, err
 
 
+def test_all_expansion_together_is_bounded(project):
+    # each path is small, but together they outgrow what the allowed targets
+    # may use (1 KiB each: here 1,000 KiB for BB_MAX_TARGETS=1000)
+    text = "X = " + "x" * 2000 + "\n@for i in 1..900\nout/$(i).txt: in/$(i)-$(X)\n\techo > $@\n"
+    err = bad(project, text, env={"BB_MAX_TARGETS": "1000"})
+    at(err, "Batchfile:3:1")
+    assert "more than 1,000 KiB" in err and "BB_MAX_TARGETS" in err, err
+
+
 def test_a_bad_bb_max_targets_is_a_usage_error(project):
     project.batchfile("out.txt:\n\techo > $@\n")
     proc = project.bb("plan", check=2, env={"BB_MAX_TARGETS": "lots"})
