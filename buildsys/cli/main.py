@@ -134,6 +134,7 @@ def _run(args, *, dry_run: bool):
     sched = Scheduler(
         planner, executor, ui, jobs=jobs, keep_going=args.keep_going, always=args.always_make, dry_run=dry_run, explain=args.verbose,
         sandbox=getattr(args, "sandbox", False), remote=remote, remote_jobs=args.jobs or (jobs if backend == "docker" else 1000),
+        detach=getattr(args, "detach", False),
     )
     sched.force.update(getattr(args, "force", ()))
     t0 = time.time()
@@ -148,12 +149,12 @@ def _run(args, *, dry_run: bool):
                 ctx.store.share(planner.results)
     except KeyboardInterrupt as stop:
         raise Interrupted(
-            f"{_stopped_by(stop)}. Running recipes were stopped; nothing unfinished was recorded.",
+            f"{_stopped_by(stop)}. " + ("Remote jobs were left running; the next 'bb build --remote' adopts them." if getattr(args, "detach", False) and remote is not None else "Running recipes were stopped; nothing unfinished was recorded."),
             hint="Run the same command again to resume.",
             signal=getattr(stop, "signum", 2),
         ) from None
     finally:
-        if remote is not None:
+        if remote is not None and sched.remote_started:
             remote.stop()
         if executor is not None:
             executor.close()
@@ -551,6 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
     build_options(p)
     p.add_argument("-n", "--dry-run", action="store_true", help="print what would run and why, run nothing")
     p.add_argument("--no-wait", action="store_true", help="fail at once if another bb is building in this workspace (default: wait for it)")
+    p.add_argument("--detach", action="store_true", help="with --remote: on Ctrl-C, leave submitted jobs running (the next --remote adopts them)")
     p.add_argument("--sandbox", action="store_true", help="run each recipe in a scratch folder holding only its declared inputs, as a remote worker does (finds undeclared inputs)")
     p.set_defaults(func=cmd_build)
 

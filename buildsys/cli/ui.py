@@ -37,6 +37,11 @@ class PlainUI:
     def note(self, text: str) -> None:
         self.say(f"bb: {text}")
 
+    def stage(self, name: str, stage: str) -> None:
+        """A remote job's state changed (queued, running)."""
+        if self.verbose:
+            self.say(f"bb: {name}: {stage}")
+
     def finish(self, report) -> None:
         self.done += 1
         if report.status == "failed":
@@ -83,6 +88,7 @@ class RichUI(PlainUI):
         self.progress = None
         self.task = None
         self.active: list[str] = []
+        self.stages: dict[str, str] = {}  # remote targets in flight -> queued / running
 
     def say(self, text: str) -> None:
         self.console.print(text, markup=False, highlight=False)
@@ -101,14 +107,28 @@ class RichUI(PlainUI):
 
     def start(self, name: str) -> None:
         self.active.append(name)
-        self._bar().update(self.task, description=", ".join(self.active[-3:]))
+        self._bar().update(self.task, description=self._describe())
+
+    def stage(self, name: str, stage: str) -> None:
+        self.stages[name] = stage
+        self._bar().update(self.task, description=self._describe())
+
+    def _describe(self) -> str:
+        text = ", ".join(self.active[-3:])
+        if self.stages:
+            counts: dict[str, int] = {}
+            for s in self.stages.values():
+                counts[s] = counts.get(s, 0) + 1
+            text = " ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ": " + text
+        return text
 
     def finish(self, report) -> None:
         if report.name in self.active:
             self.active.remove(report.name)
+        self.stages.pop(report.name, None)
         super().finish(report)
         if self.progress is not None:
-            self.progress.update(self.task, completed=self.done, description=", ".join(self.active[-3:]))
+            self.progress.update(self.task, completed=self.done, description=self._describe())
 
     def end(self) -> None:
         if self.progress is not None:

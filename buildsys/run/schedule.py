@@ -35,7 +35,7 @@ def _undeclared_hint(output: bytes, action: Action, root: str) -> str:
 
 
 class Scheduler:
-    def __init__(self, planner: Planner, executor: Executor, ui, *, jobs: int, keep_going=False, always=False, dry_run=False, explain=False, sandbox=False, remote=None, remote_jobs=1000):
+    def __init__(self, planner: Planner, executor: Executor, ui, *, jobs: int, keep_going=False, always=False, dry_run=False, explain=False, sandbox=False, remote=None, remote_jobs=1000, detach=False):
         self.planner = planner
         self.graph = planner.graph
         self.executor = executor
@@ -49,13 +49,14 @@ class Scheduler:
         self.reports: dict[str, TargetReport] = {}
         self.force: set[str] = set()  # targets whose stored result proved unusable: run them
         self._stopping = threading.Event()
+        self._remote_lock = threading.Lock()
         self._events: queue.SimpleQueue = queue.SimpleQueue()  # (target, future or report), from any thread
         self._threads = None
         self.remote = remote  # a RemoteExecutor, or None: everything runs here
         self.remote_jobs = remote_jobs  # remote jobs in flight at most
         self._remote_actions: dict[str, list[tuple[Target, Action]]] = {}  # key -> what it stands for
-        if remote is not None:
-            remote.start(self)
+        self.remote_started = False  # started with the first submission: a cached build makes no remote call
+        self.detach = detach  # on Ctrl-C, leave remote jobs running (a later run adopts them)
 
     # -- the main loop ---------------------------------------------------------------
 
@@ -150,7 +151,7 @@ class Scheduler:
                 release(name)
         except KeyboardInterrupt:
             self._stopping.set()
-            if self.remote is not None:
+            if self.remote is not None and self.remote_started and not self.detach:
                 self.remote.cancel()
             if self.executor is not None:
                 self.executor.cancel_all()
@@ -317,6 +318,10 @@ class Scheduler:
         try:
             if hasattr(store, "push_blobs"):
                 store.push_blobs(blobs)  # the worker reads them from the shared store
+            with self._remote_lock:
+                if not self.remote_started:
+                    self.remote.start(self)
+                    self.remote_started = True
             self.remote.submit(jobs)
         except Exception as err:  # every job must end with a report, or the build waits forever
             text = f"{err.message} {err.hint}".strip() if isinstance(err, BBError) else f"could not submit it: {type(err).__name__}: {err}"
@@ -327,9 +332,8 @@ class Scheduler:
     # The Sink, called from the remote executor's monitor thread.
 
     def stage(self, key: str, stage: str) -> None:
-        if self.explain:
-            for target, _ in self._remote_actions.get(key, ()):
-                self.ui.note(f"{target.name}: {stage}")
+        for target, _ in self._remote_actions.get(key, ()):
+            self.ui.stage(target.name, stage)
 
     def finished(self, completion: Completion) -> None:
         for target, action in self._remote_actions.pop(completion.key, ()):
