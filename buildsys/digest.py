@@ -167,15 +167,10 @@ class StatCache:
     def save(self) -> None:
         if not (self.dirty and self.path):
             return
-        tmp = f"{self.path}.{os.getpid()}.tmp"
+        from buildsys.files import write_atomic
+
         try:
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            with open(tmp, "w") as f:
-                f.write(json.dumps(self.entries, separators=(",", ":")))
-            os.replace(tmp, self.path)
+            write_atomic(self.path, json.dumps(self.entries, separators=(",", ":")).encode())
             self.dirty = False
         except OSError:  # a cache: on a full disk, the next run hashes again
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+            pass

@@ -5,7 +5,6 @@ goes through the `bb` command."""
 from __future__ import annotations
 
 import json
-import os
 import re
 
 import boto3
@@ -103,39 +102,40 @@ def test_a_fanout_runs_as_one_array_job_and_matches_a_local_build(tmp_path, buil
     assert project.read("parts/3.txt") == "PART 3: hello\n"
 
 
-def test_a_failing_remote_recipe_shows_its_exit_code_and_log_and_fails(tmp_path, built_images, base_image, registry, batch_env, s3, remote_env):
-    project = Project(tmp_path / "p")
-    project.root.mkdir()
-    project.batchfile(f"""
-        settings:
-            image = {base_image}
-            registry = {registry.address}
-            queue = {batch_env["queue"]}
-            cache = s3://{s3.bucket}/team
-        broken.txt:
-            echo "about to fail"; exit 7
-    """)
-    proc = project.bb("build", "--remote", env=remote_env, check=1, timeout=900)
-    built_images.update(IMAGE_LINE.findall(proc.stderr))
-    assert "exit code 7" in proc.stderr and "about to fail" in proc.stderr, proc.stderr
-
-
-def test_an_undeclared_input_fails_remotely_with_its_name(tmp_path, built_images, base_image, registry, batch_env, s3, remote_env):
+def failing_remote_build(tmp_path, built_images, base_image, registry, batch_env, s3, remote_env, rule: str) -> str:
+    """Build one rule remotely, expect exit 1; returns what bb printed."""
     project = Project(tmp_path / "p")
     project.root.mkdir()
     project.write("helper.txt", "x\n")
-    project.batchfile(f"""
+    settings = f"""
         settings:
             image = {base_image}
             registry = {registry.address}
             queue = {batch_env["queue"]}
             cache = s3://{s3.bucket}/team
-        out.txt:
-            cat helper.txt > $@
-    """)
+    """
+    project.batchfile(settings + rule)
     proc = project.bb("build", "--remote", env=remote_env, check=1, timeout=900)
     built_images.update(IMAGE_LINE.findall(proc.stderr))
-    assert "'helper.txt', which the workspace has but the rule does not declare" in proc.stderr, proc.stderr
+    return proc.stderr
+
+
+def test_a_failing_remote_recipe_shows_its_exit_code_and_log_and_fails(tmp_path, built_images, base_image, registry, batch_env, s3, remote_env):
+    rule = """
+        broken.txt:
+            echo "about to fail"; exit 7
+    """
+    stderr = failing_remote_build(tmp_path, built_images, base_image, registry, batch_env, s3, remote_env, rule)
+    assert "exit code 7" in stderr and "about to fail" in stderr, stderr
+
+
+def test_an_undeclared_input_fails_remotely_with_its_name(tmp_path, built_images, base_image, registry, batch_env, s3, remote_env):
+    rule = """
+        out.txt:
+            cat helper.txt > $@
+    """
+    stderr = failing_remote_build(tmp_path, built_images, base_image, registry, batch_env, s3, remote_env, rule)
+    assert "'helper.txt', which the workspace has but the rule does not declare" in stderr, stderr
 
 
 def test_docker_backend_runs_the_worker_in_the_image_on_this_machine(tmp_path, built_images, base_image):

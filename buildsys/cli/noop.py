@@ -131,11 +131,9 @@ def write(path: str, ctx, roots: list[str], reports: dict, seen: dict, environme
         "env": env,
         "report": [[r.name, r.key] for r in reports.values()],
     }
+    from buildsys.files import write_atomic
+
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            f.write(json.dumps(stamp, separators=(",", ":")))
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(stamp, separators=(",", ":")).encode())
     except OSError:
         pass

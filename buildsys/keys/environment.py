@@ -44,11 +44,11 @@ import re
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
 
 from buildsys.digest import hash_bytes
+from buildsys.files import write_atomic
 
 CACHE_FILE = "python-env.json"
 CACHE_VERSION = 1
@@ -216,18 +216,7 @@ def _load_cache(cache_path: str) -> list:
 
 def _save_cache(cache_dir: str, cache_path: str, entries: list) -> None:
     try:
-        os.makedirs(cache_dir, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".python-env.", dir=cache_dir)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump({"version": CACHE_VERSION, "entries": entries[:CACHE_ENTRIES]}, f, separators=(",", ":"))
-            os.replace(tmp, cache_path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        write_atomic(cache_path, json.dumps({"version": CACHE_VERSION, "entries": entries[:CACHE_ENTRIES]}, separators=(",", ":")).encode())
     except (OSError, ValueError, TypeError):
         pass  # a cache that cannot be written only costs a probe next time
 

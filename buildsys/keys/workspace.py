@@ -11,6 +11,7 @@ import shutil
 
 from buildsys import STATE_DIR
 from buildsys.digest import StatCache, is_digest
+from buildsys.files import write_atomic
 from buildsys.store.api import ActionResult, CorruptEntry
 
 
@@ -131,19 +132,11 @@ class Workspace:
         run, which changed none)."""
         self.stats.save()
         if self._last_dirty and index:
-            tmp = f"{self._last_path}.{os.getpid()}.tmp"
             try:
-                os.makedirs(self.state, exist_ok=True)
-                with open(tmp, "w") as f:
-                    f.write(json.dumps(self._last, separators=(",", ":")))
-                os.replace(tmp, self._last_path)
+                write_atomic(self._last_path, json.dumps(self._last, separators=(",", ":")).encode())
                 self._last_dirty = False
             except OSError as err:
                 self.warnings.append(f"could not save {os.path.relpath(self._last_path)} ({err.strerror}); the next build checks more")
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
 
 
 class Busy(Exception):

@@ -14,6 +14,7 @@ import textwrap
 from pathlib import Path
 
 from buildsys.errors import BatchfileError, Location
+from buildsys.files import write_atomic
 from buildsys.lang.model import Assignment, Attribute, Batchfile, Loop, Rule, Setting, one_line, show
 
 # A link to grammar/batchfile.lark, so the grammar ships inside the package.
@@ -417,11 +418,7 @@ def load(path: str | os.PathLike, cache_dir: str | os.PathLike | None) -> Batchf
     model = parse_file(path)
     try:
         digests = [(p, hash_bytes(read_source(p))) for p in model.sources]
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        tmp = entry.with_suffix(f".{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            pickle.dump((model, digests), f, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, entry)
+        write_atomic(str(entry), pickle.dumps((model, digests), protocol=pickle.HIGHEST_PROTOCOL))
     except (OSError, BatchfileError):
         pass
     return model

@@ -17,12 +17,21 @@ def _string(value, where, name):
     return value
 
 
-def _names(value, where, name):
-    items = value if isinstance(value, tuple) else tuple(value.split())
-    for item in items:
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", item):
-            raise BatchfileError(f"setting '{name}': '{item}' is not an environment variable name.", where=where)
-    return items
+def _words(pattern: str, what: str):
+    """A validator of a list of words (or one string of them), each matching `pattern`."""
+
+    def check(value, where, name):
+        items = value if isinstance(value, tuple) else tuple(value.split())
+        for item in items:
+            if not re.fullmatch(pattern, item):
+                raise BatchfileError(f"setting '{name}': '{item}' is not {what}.", where=where)
+        return items
+
+    return check
+
+
+_names = _words(r"[A-Za-z_][A-Za-z0-9_]*", "an environment variable name")
+_packages = _words(r"[a-z0-9][a-z0-9+.\-]*(=[A-Za-z0-9.+~:\-]+)?", "a Debian package name")
 
 
 def _cache_url(value, where, name):
@@ -62,14 +71,6 @@ def _platform(value, where, name):
     if not re.fullmatch(r"linux/(amd64|arm64|arm/v7|386|ppc64le|s390x)", value):
         raise BatchfileError(f"setting '{name}': '{value}' is not a platform such as linux/amd64 or linux/arm64.", where=where)
     return value
-
-
-def _packages(value, where, name):
-    items = value if isinstance(value, tuple) else tuple(value.split())
-    for item in items:
-        if not re.fullmatch(r"[a-z0-9][a-z0-9+.\-]*(=[A-Za-z0-9.+~:\-]+)?", item):
-            raise BatchfileError(f"setting '{name}': '{item}' is not a Debian package name.", where=where)
-    return items
 
 
 def _executor(value, where, name):

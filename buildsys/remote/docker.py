@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 
 from buildsys.errors import BBError
 from buildsys.run.executors import RUNNING, ActionJob, Completion, Sink

@@ -55,6 +55,21 @@ def _capture_file(store: Store, stats: StatCache, full: str) -> FileDigest:
     return FileDigest(digest, st.st_size, bool(st.st_mode & statmod.S_IXUSR))
 
 
+def capture_tree(store: Store, stats: StatCache, top: str) -> tuple[str, dict[str, FileDigest]]:
+    """Put every file of a folder into the CAS, then its manifest (empty
+    folders included); returns the manifest's digest and the listing."""
+    files: dict[str, FileDigest] = {}
+    for dirpath, dirnames, filenames in os.walk(top):
+        dirnames.sort()
+        rel_dir = os.path.relpath(dirpath, top).replace(os.sep, "/")
+        if not dirnames and not filenames and dirpath != top:
+            files[rel_dir + "/"] = EMPTY_DIR
+        for name in filenames:
+            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
+            files[rel] = _capture_file(store, stats, os.path.join(dirpath, name))
+    return store.put_bytes(tree_manifest(files)), files
+
+
 def capture(store: Store, stats: StatCache, root: str, outputs: tuple[str, ...]) -> tuple[OutputEntry, ...]:
     """Put each declared output (file or directory) into the CAS. The bytes
     are hashed as they are copied; a file that changes meanwhile raises
@@ -65,16 +80,7 @@ def capture(store: Store, stats: StatCache, root: str, outputs: tuple[str, ...])
         if out.endswith("/"):
             if not os.path.isdir(full) or os.path.islink(full):
                 raise OutputMissing(out)
-            files: dict[str, FileDigest] = {}
-            for dirpath, dirnames, filenames in os.walk(full):
-                dirnames.sort()
-                rel_dir = os.path.relpath(dirpath, full).replace(os.sep, "/")
-                if not dirnames and not filenames and dirpath != full:
-                    files[rel_dir + "/"] = EMPTY_DIR
-                for name in filenames:
-                    rel = name if rel_dir == "." else f"{rel_dir}/{name}"
-                    files[rel] = _capture_file(store, stats, os.path.join(dirpath, name))
-            digest = store.put_bytes(tree_manifest(files))
+            digest, files = capture_tree(store, stats, full)
             entries.append(OutputEntry(out, digest, sum(f.size for f in files.values())))
         else:
             try:

@@ -15,8 +15,8 @@ import shutil
 from buildsys.digest import safe_relpath
 from buildsys.errors import BBError
 from buildsys.keys.action import Action
-from buildsys.run.materialize import materialize, output_path
-from buildsys.store.api import CorruptEntry, OutputEntry, Store
+from buildsys.run.materialize import capture_tree, materialize, output_path
+from buildsys.store.api import OutputEntry, Store
 
 
 class NotHermetic(BBError):
@@ -28,23 +28,14 @@ def stage_sources(action: Action, root: str, sources, store: Store) -> str | Non
     from the workspace into the store, so that a sandbox or a remote worker
     can fetch them by digest. Returns the first input whose bytes no longer
     match the key (changed since it was hashed), or None."""
-    from buildsys.digest import EMPTY_DIR, FileDigest, tree_manifest
+    from buildsys.digest import StatCache
 
     for path, digest, _ in action.inputs:
         if path.rstrip("/") not in sources:
             continue
         full = os.path.join(root, path.rstrip("/"))
         if path.endswith("/"):
-            files: dict[str, FileDigest] = {}
-            for dirpath, dirnames, filenames in os.walk(full):
-                dirnames.sort()
-                rel_dir = os.path.relpath(dirpath, full).replace(os.sep, "/")
-                if not dirnames and not filenames and dirpath != full:
-                    files[rel_dir + "/"] = EMPTY_DIR
-                for name in filenames:
-                    stored, st = store.put_file(os.path.join(dirpath, name))
-                    files[name if rel_dir == "." else f"{rel_dir}/{name}"] = FileDigest(stored, st.st_size, bool(st.st_mode & 0o100))
-            stored = store.put_bytes(tree_manifest(files))
+            stored, _ = capture_tree(store, StatCache(None), full)
         elif store.has_blob(digest):
             continue
         else:

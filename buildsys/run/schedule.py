@@ -298,6 +298,11 @@ class Scheduler:
         for target, action in batch:
             key = action.key()
             try:
+                if target.attrs.secrets:
+                    raise BBError(
+                        f"it declares @secret {' '.join(target.attrs.secrets)}, which bb does not send to remote jobs (a job's environment is readable by anyone who can describe it).",
+                        hint="Mark the target @local to run it here, or give the job role access to the secret (AWS Secrets Manager) and read it in the recipe.",
+                    )
                 self._clear_outputs(target)
                 sources = {p.rstrip("/") for p in target.inputs if self.graph.is_source(p)}
                 changed = sandbox.stage_sources(action, ws.root, sources, store)
@@ -389,7 +394,6 @@ class Scheduler:
             return self._run_recipe(target, action)
 
     def _run_recipe(self, target: Target, action: Action) -> TargetReport:
-        ws = self.planner.workspace
         scratch = None
         try:
             if self.sandbox and not target.phony:

@@ -1,0 +1,23 @@
+"""bb's own files (state, caches, stamps) are written whole or not at all."""
+from __future__ import annotations
+
+import os
+import threading
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Write through a temporary file and a rename, so that neither a reader
+    nor a crash ever sees half a file; on failure the temporary file is
+    removed and the error raised."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
