@@ -310,3 +310,17 @@ def test_two_checkouts_sharing_a_store_do_not_run_the_same_action_at_once(tmp_pa
     assert runs.read_text() == "ran\n"  # once, for both checkouts
     assert projects[1].read("out.txt") == "result\n"
     assert "built it meanwhile" in second.stderr
+
+
+def test_no_intermediates_brings_home_only_what_was_asked_and_updates_what_is_there(project):
+    project.batchfile(PIPELINE)
+    project.write("data.csv", "1,2\n")
+    project.build()
+    project.bb("clean", check=0)
+    project.build("--no-intermediates")
+    assert project.exists("report.txt") and not project.exists("metrics/knn.json")
+    project.build("MODEL=tree")  # the workspace now holds tree's intermediate
+    project.build("--no-intermediates")  # back to knn: the tree intermediate is not left stale
+    assert not project.exists("metrics/knn.json") or project.read("metrics/knn.json") == "knn\n1,2\n"
+    assert project.read("report.txt") == "knn\n1,2\n"
+    assert set(status(project).values()) <= {"ok", "missing"}

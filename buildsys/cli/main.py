@@ -143,7 +143,8 @@ def _run(args, *, dry_run: bool):
     try:
         reports = sched.build(roots)
         if not dry_run:
-            sched.bring_home(roots)
+            intermediates = getattr(args, "intermediates", None)
+            sched.bring_home(roots, intermediates=(backend is None) if intermediates is None else intermediates)
             if shared:
                 ctx.store.finish(planner.results)
                 ctx.store.share(planner.results)
@@ -552,6 +553,10 @@ def build_parser() -> argparse.ArgumentParser:
     build_options(p)
     p.add_argument("-n", "--dry-run", action="store_true", help="print what would run and why, run nothing")
     p.add_argument("--no-wait", action="store_true", help="fail at once if another bb is building in this workspace (default: wait for it)")
+    p.add_argument(
+        "--intermediates", action=argparse.BooleanOptionalAction, default=None,
+        help="bring every target's outputs into the workspace, not only the requested ones (default: yes, but not with --remote)",
+    )
     p.add_argument("--detach", action="store_true", help="with --remote: on Ctrl-C, leave submitted jobs running (the next --remote adopts them)")
     p.add_argument("--sandbox", action="store_true", help="run each recipe in a scratch folder holding only its declared inputs, as a remote worker does (finds undeclared inputs)")
     p.set_defaults(func=cmd_build)

@@ -229,10 +229,16 @@ class Scheduler:
 
     def bring_home(self, roots: list[str], *, intermediates: bool = True) -> None:
         """Make the workspace match the graph: every output of the built
-        targets (only the requested ones without `intermediates`) holds the
-        bytes of its current result. Targets whose stored bytes prove
-        unusable are rebuilt."""
-        names = self.graph.closure(roots) if intermediates else self.graph.behind_aliases(roots)
+        targets holds the bytes of its current result. Without
+        `intermediates` (remote builds: they may be large and far away), only
+        the requested targets' outputs come home; an intermediate output is
+        brought up to date only where the workspace already has one. Targets
+        whose stored bytes prove unusable are rebuilt."""
+        requested = set(self.graph.behind_aliases(roots))
+        names = [
+            n for n in self.graph.closure(roots)
+            if intermediates or n in requested or any(os.path.lexists(os.path.join(self.planner.workspace.root, o.rstrip("/"))) for o in self.graph.targets[n].outputs)
+        ]
         wanted = [n for n in names if n in self.planner.results and self.reports.get(n) and self.reports[n].status in (CACHED, BUILT)]
         store = self.planner.store
         # every needed blob at once, not one target after another; a bad one
