@@ -43,9 +43,10 @@ def array_index() -> int:
     return int(index)
 
 
-def run(store, digest: str, timeout: float, scratch: str) -> int:
+def run(store, digest: str, timeout: float, scratch: str, cpus: int = 1) -> int:
     from buildsys.digest import StatCache, hash_bytes, is_digest
     from buildsys.keys.action import Action
+    from buildsys.keys.plan import thread_env
     from buildsys.run import sandbox
     from buildsys.run.executors import Job
     from buildsys.run.executors.local import LocalExecutor
@@ -70,6 +71,7 @@ def run(store, digest: str, timeout: float, scratch: str) -> int:
     os.makedirs(work)
     sandbox.lay_out(action, store, work)
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")}
+    env.update(thread_env(cpus))
     env.update((name, value) for name, value in action.env if value is not None)
     shell = dict(action.environment).get("shell", "/bin/sh")
     executor = LocalExecutor(os.path.join(scratch, "running"))
@@ -107,6 +109,7 @@ def main(argv=None) -> int:
     which.add_argument("--action", help="digest of the action (its JSON, in the store)")
     which.add_argument("--actions", help="digest of a JSON list of action digests; this job runs the one at its array index")
     parser.add_argument("--timeout", type=float, default=0.0)
+    parser.add_argument("--cpus", type=int, default=1, help="cores the job was given: the recipe's thread-count variables")
     args = parser.parse_args(argv)
     from buildsys.errors import BBError
     from buildsys.store.api import CorruptEntry
@@ -118,7 +121,7 @@ def main(argv=None) -> int:
             digest = args.action
             if args.actions:
                 digest = json.loads(store.read_bytes(args.actions))[array_index()]
-            return run(store, digest, args.timeout, scratch)
+            return run(store, digest, args.timeout, scratch, max(1, args.cpus))
         except (BBError, CorruptEntry, OSError, ValueError, KeyError) as err:
             text = err.render() if isinstance(err, BBError) else f"bb worker: error: {type(err).__name__}: {err}"
             print(text, file=sys.stderr, flush=True)

@@ -182,3 +182,37 @@ def test_kill_9_then_rerun_resumes(project):
     report = project.build("slow.txt")
     assert report == {"first.txt": "cached", "slow.txt": "built"}
     assert project.read("slow.txt") == "done\n"
+
+
+def test_when_slots_are_short_the_work_that_finishes_a_chain_goes_first(project):
+    # Six models, each with a report: with one slot, each report runs as soon
+    # as its model is ready, not after every model.
+    project.batchfile("""
+        MODELS = [a, b, c, d, e, f]
+        @for m in MODELS
+        model-$(m).txt:
+            echo model-$(m) >> order.log; echo $(m) > $@
+        @for m in MODELS
+        report-$(m).txt: model-$(m).txt
+            echo report-$(m) >> order.log; cat $< > $@
+        @default
+        all: report-$(MODELS).txt
+    """)
+    project.build("-j1")
+    order = project.read("order.log").split()
+    assert order.index("report-a") < order.index("model-b"), order
+
+
+def test_a_recipe_gets_as_many_math_threads_as_the_cores_it_holds(project):
+    project.batchfile("""
+        @cpus 2
+        two.txt:
+            echo "$$BB_CPUS $$OMP_NUM_THREADS $$OPENBLAS_NUM_THREADS $$MKL_NUM_THREADS" > $@
+        one.txt:
+            echo "$$BB_CPUS $$OMP_NUM_THREADS" > $@
+    """)
+    project.build("-j4", "two.txt", "one.txt")
+    assert project.read("two.txt") == "2 2 2 2\n"
+    assert project.read("one.txt") == "1 1\n"
+    project.bb("build", "-B", "-j1", "two.txt", check=0)  # it holds at most the slots there are
+    assert project.read("two.txt") == "1 1 1 1\n"

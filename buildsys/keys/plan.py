@@ -41,6 +41,17 @@ def _input(path: str, digest: str, executable: bool, folder: bool) -> tuple[str,
     return (path.rstrip("/") + "/" if folder else path, digest, executable)
 
 
+# Variables that size the thread pools of numpy, scikit-learn, PyTorch...:
+# without them, two recipes at -j2 each use every core and both crawl.
+THREADS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "BLIS_NUM_THREADS")
+
+
+def thread_env(cpus: int) -> dict:
+    """BB_CPUS and the thread-count variables for a recipe given `cpus` cores
+    (outside every key: they say how fast, not what)."""
+    return {"BB_CPUS": str(cpus), **{name: str(cpus) for name in THREADS}}
+
+
 class Unknown(Exception):
     """An input's digest is not known yet (an upstream target must run first)."""
 
@@ -257,10 +268,12 @@ class Planner:
         # declared outputs; anything else (a path outside the workspace, say) is corrupt.
         return tuple(o.path for o in result.outputs) == target.outputs
 
-    def recipe_env(self, target: Target) -> dict:
+    def recipe_env(self, target: Target, cpus: int = 0) -> dict:
         """What a recipe sees: the passthrough variables (never keyed), the
-        declared ones, and its secrets (never keyed, never stored)."""
+        declared ones, its secrets (never keyed, never stored), and as many
+        math-library threads as the job slots it holds (`cpus`)."""
         env = {k: v for k, v in os.environ.items() if k in PASSTHROUGH or k.startswith("LC_")}
+        env.update(thread_env(cpus or target.attrs.cpus))
         for name in target.attrs.env + target.attrs.secrets:
             if name in os.environ:
                 env[name] = os.environ[name]

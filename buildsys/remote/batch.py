@@ -165,6 +165,7 @@ class BatchExecutor:
             name = f"bb-array-{digest[:64]}"
             command += ["--actions", digest]
         resources = group[0].resources
+        command += ["--cpus", str(resources.cpus)]
         if resources.timeout:
             command += ["--timeout", str(resources.timeout)]
         keys = [job.key for job in group]

@@ -64,6 +64,7 @@ class DockerExecutor:
     def _container(self, job: ActionJob) -> dict:
         local = not self.store.startswith("s3://")
         command = ["python", "-m", "buildsys.worker", "--store", STORE_MOUNT if local else self.store, "--action", job.action]
+        command += ["--cpus", str(job.resources.cpus)]
         if job.resources.timeout:
             command += ["--timeout", str(job.resources.timeout)]
         env = {"BB_EXECUTOR": "docker", "HOME": "/tmp"}

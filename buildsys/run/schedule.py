@@ -7,6 +7,8 @@ computed when its dependencies are done, from the digests of their outputs.
 from __future__ import annotations
 
 import errno
+import heapq
+import itertools
 import os
 import queue
 import threading
@@ -69,7 +71,14 @@ class Scheduler:
                 dependents[dep].append(name)
         ready = deque(name for name in order if waiting[name] == 0)
         running: dict[str, int] = {}  # target -> local job slots it holds
-        runnable: deque = deque()  # (target, action): must run, waiting for a slot
+        # Must run, waiting for a slot: a heap, deepest target first, so that
+        # when slots are short the work that finishes a chain (the report of
+        # a model that is ready) goes before more of a wide fan-out.
+        runnable: list = []  # (-depth, sequence, target, action)
+        sequence = itertools.count()  # ties: in the order they became ready
+        depth: dict[str, int] = {}
+        for name in order:
+            depth[name] = 1 + max((depth[d] for d in self.graph.deps[name]), default=0)
         free = self.jobs
         stopping = False
         self.ui.begin(len(order))
@@ -99,7 +108,7 @@ class Scheduler:
                         if dep in self.reports:
                             self._unusable(dep, repair.reason)
                             del self.reports[dep]
-                            started = {n for n, _ in runnable} | set(running)
+                            started = {entry[2] for entry in runnable} | set(running)
                             for d in dependents[dep]:
                                 if d not in self.reports and d != name and d not in started:
                                     if d in ready:
@@ -112,18 +121,18 @@ class Scheduler:
                         self._finish(outcome)
                         release(name)
                     else:
-                        runnable.append((name, outcome))
+                        heapq.heappush(runnable, (-depth[name], next(sequence), name, outcome))
                 # Start what fits: local recipes in the free job slots, in
                 # order; remote ones up to the limit of jobs in flight, handed
                 # over together (a fan-out becomes one array job).
                 batch = []
                 while runnable and not stopping:
-                    name, action = runnable[0]
+                    _, _, name, action = runnable[0]
                     target = self.graph.targets[name]
                     if self._runs_remotely(target):
                         if len(running) >= self.remote_jobs:
                             break
-                        runnable.popleft()
+                        heapq.heappop(runnable)
                         running[name] = 0
                         batch.append((target, action))
                         self.ui.start(name)
@@ -131,7 +140,7 @@ class Scheduler:
                     need = min(target.attrs.cpus, self.jobs)
                     if need > free and any(running.values()):
                         break
-                    runnable.popleft()
+                    heapq.heappop(runnable)
                     free -= need
                     running[name] = need
                     self.ui.start(name)
@@ -448,7 +457,7 @@ class Scheduler:
                 return TargetReport(target.name, FAILED, key, 0.0, reasons, error=f"{err.message} {err.hint}".strip())
             except OSError as err:
                 return TargetReport(target.name, FAILED, key, 0.0, reasons, error=f"cannot prepare its outputs: {err}")
-        job = Job(target.name, target.recipe or "", self.graph.settings.shell, cwd, self.planner.recipe_env(target), target.attrs.timeout)
+        job = Job(target.name, target.recipe or "", self.graph.settings.shell, cwd, self.planner.recipe_env(target, min(target.attrs.cpus, self.jobs)), target.attrs.timeout)
         output = b""
         for attempt in range(target.attrs.retries + 1):
             outcome = self.executor.run(job)
