@@ -28,8 +28,11 @@ def write_project(project):
 
 def test_an_undeclared_input_fails_in_the_sandbox_with_its_name(project):
     write_project(project)
+    project.write("src/clean.py", "import sys\nsys.path.insert(0, 'src')\nfrom helper import SUFFIX\nopen(sys.argv[2], 'w').write(open(sys.argv[1]).read().upper() + SUFFIX + open('data/lookup.csv').read())\n")
+    project.write("data/lookup.csv", "k,v\n")
     proc = project.bb("build", "--sandbox", check=1)
-    assert "'src/helper.py', which the workspace has but the rule does not declare" in proc.stderr
+    # the imported helper reached the sandbox by itself; the data file did not
+    assert "'data/lookup.csv', which the workspace has but the rule does not declare" in proc.stderr
     # the same Batchfile works outside the sandbox: that is what the sandbox is for
     project.bb("build", check=0)
 
@@ -74,3 +77,16 @@ def test_the_worker_runs_an_action_from_the_store(project):
     assert stored and stored[0]["key"] == action.key() and stored[0]["provenance"]["executor"] == "container"
     proc = subprocess.run(BB_CMD + ["build", "--json", "out/clean.csv"], cwd=project.root, capture_output=True, text=True)
     assert json.loads(proc.stdout)["targets"][0]["status"] == "cached"
+
+
+def test_helper_modules_a_script_imports_key_the_target_and_reach_the_sandbox(project):
+    write_project(project)
+    project.write("src/unrelated.py", "Z = 0\n")
+    assert project.build("--sandbox", "out/clean.csv") == {"out/clean.csv": "built"}
+    assert project.read("out/clean.csv") == "A,B\n!"
+    project.write("src/unrelated.py", "Z = 1\n")
+    assert project.build("out/clean.csv") == {"out/clean.csv": "cached"}
+    project.write("src/helper.py", "SUFFIX = '?'\n")
+    assert "input changed: src/helper.py" in project.bb("why", "out/clean.csv", check=0).stdout
+    assert project.build("out/clean.csv") == {"out/clean.csv": "built"}
+    assert project.read("out/clean.csv") == "A,B\n?"

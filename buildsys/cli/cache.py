@@ -259,6 +259,11 @@ def gc(args) -> int:
         keep = set(ctx.workspace.last.values()) if not args.include_current else set()
         report = collect_from(LocalBackend(store), max_size=max_size, max_age=max_age, keep=keep, dry_run=args.dry_run)
         where = "the local store"
+        if report.results_removed and not args.dry_run:
+            import shutil
+
+            # a no-op stamp may vouch for a result that is gone now
+            shutil.rmtree(os.path.join(ctx.workspace.state, "noop"), ignore_errors=True)
     verb = "would remove" if args.dry_run else "removed"
     print(
         f"bb: {verb} {report.results_removed} action result(s) and {report.blobs_removed} blob(s) from {where}, "

@@ -39,12 +39,17 @@ def _find_batchfile(explicit: str | None) -> str:
     )
 
 
-def _split_overrides(words: list[str]) -> tuple[list[str], dict[str, str]]:
+def _split_overrides(words: list[str]) -> tuple[list[str], dict]:
+    """Targets, and variables set on the command line: NAME=text is a string,
+    NAME='[a, b]' a list (of records too: '[{name: a, k: 5}]'), and
+    NAME.field=value sets a field of a record variable."""
+    from buildsys.lang.values import OVERRIDE_NAME, override_value
+
     targets, overrides = [], {}
     for w in words:
         name, eq, value = w.partition("=")
-        if eq and name.isidentifier():
-            overrides[name] = value
+        if eq and (name.isidentifier() or OVERRIDE_NAME.fullmatch(name)):
+            overrides[name] = override_value(name, value)
         else:
             targets.append(w)
     return targets, overrides
@@ -160,6 +165,7 @@ def _run(args, *, dry_run: bool):
         if executor is not None:
             executor.close()
         ctx.workspace.save(index=not dry_run)
+        planner.save()
         ui.end()
         if shared:
             ctx.store.close()
@@ -260,8 +266,8 @@ def cmd_build(args) -> int:
     if not failed:
         seen = {p: s for p, (s, _) in ctx.workspace.stats.seen.items()}
         seen.update(ctx.read)
-        python = getattr(ctx, "planner", None) and getattr(ctx.planner, "_python", None)
-        noop.write(stamp, ctx, roots, reports, seen, python.watch if python else ())
+        python = getattr(ctx.planner, "_python", None)
+        noop.write(stamp, ctx, roots, reports, seen, (python.watch if python else ()), ctx.planner.code_watch())
     _report(args, [r.to_json() for r in reports.values()], seconds)
     if failed:
         names = ", ".join(f"'{r.name}'" for r in failed[:5])

@@ -73,7 +73,7 @@ def _walk(top: str, files: dict, dirs: dict, sig) -> None:
             files[full] = sig(full)
 
 
-def write(path: str, ctx, roots: list[str], reports: dict, seen: dict, environment=()) -> None:
+def write(path: str, ctx, roots: list[str], reports: dict, seen: dict, environment=(), code=()) -> None:
     """`seen`: path -> stat signature as the build saw it when it read the
     file (a later stat could hide an edit made during the build)."""
     from buildsys.digest import is_racy
@@ -117,6 +117,11 @@ def write(path: str, ctx, roots: list[str], reports: dict, seen: dict, environme
         files[full(graph.settings.requirements)] = sig(full(graph.settings.requirements))
     for p in environment:  # what says the recipes' Python packages are unchanged
         files[p] = sig(p)
+    code_files, code_dirs = code or ([], [])
+    for p in code_files:  # modules the recipes import without declaring them (or that would shadow them)
+        files[full(p)] = sig(full(p))
+    for p in code_dirs:
+        dirs[full(p)] = sig(full(p))
     for folder in graph.watched:
         dirs[full(folder)] = sig(full(folder))
     sources = {os.path.abspath(s): sig(os.path.abspath(s)) for s in ctx.sources}

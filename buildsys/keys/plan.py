@@ -87,6 +87,8 @@ class Planner:
         self._tree_files: dict[str, set[str]] = {}  # source folder -> the files hashed in it
         self._environment: dict[str, tuple] = {}
         self.remote_image = ""  # with --remote: "repository:tag" of the environment image
+        self._code: dict[str, list[str]] = {}  # target -> Python files it runs that it does not declare
+        self._imports = None  # keys.imports.ImportCache, made when first needed
 
     # -- digests ----------------------------------------------------------------
 
@@ -144,12 +146,45 @@ class Planner:
         self._sources[path] = entry
         return entry
 
+    def code_inputs(self, target: Target) -> list[str]:
+        """The project's Python files a target's recipe runs and the local
+        modules they import, transitively (keys.imports): inputs nobody
+        declares, whose edits must rebuild the target and which a sandbox or
+        a remote worker must receive."""
+        found = self._code.get(target.name)
+        if found is None:
+            from buildsys.keys.imports import ImportCache, local_imports, scan_recipe
+
+            if self._imports is None:
+                self._imports = ImportCache(self.workspace.state)
+            root = self.workspace.root
+            scan = scan_recipe(target.recipe or "", root, self._imports) if target.recipe else None
+            scripts = scan.scripts if scan else []
+            entries = scripts + [p for p in target.inputs if p.endswith(".py")]
+            modules = local_imports(entries, root, self._imports, path=scan.path if scan else ()) if entries else []
+            declared = set(target.inputs)
+            found = self._code[target.name] = [p for p in dict.fromkeys(scripts + modules) if p not in declared and self.graph.is_source(p)]
+        return found
+
+    def code_watch(self) -> tuple[list[str], list[str]]:
+        """For the no-op stamp: the Python files recipes run without
+        declaring them, plus the paths whose absence and the folders whose
+        listing decided which modules those are."""
+        files = [p for found in self._code.values() for p in found]
+        if self._imports is None:
+            return files, []
+        return files + sorted(self._imports.missing), sorted(self._imports.listed)
+
+    def save(self) -> None:
+        if self._imports is not None:
+            self._imports.save()
+
     def changed_inputs(self, target: Target) -> str | None:
         """An input of the target that changed since its digest was taken
         (so while the recipe ran), or None. Compared by stat signature, as
         seen when the digest was taken."""
         seen = self.workspace.stats.seen
-        for path in target.inputs:
+        for path in list(target.inputs) + self._code.get(target.name, []):
             full = path if os.path.isabs(path) else os.path.join(self.workspace.root, path.rstrip("/"))
             files = self._tree_files.get(full)
             if files is not None:
@@ -229,6 +264,7 @@ class Planner:
                     t = self.graph.targets[name]
                     if not t.phony:
                         paths.extend(t.outputs)
+        paths.extend(self.code_inputs(target))
         # Sorted: the order of the header is not a result's cause (where the
         # recipe depends on it, through $< or $^, the recipe text says so).
         inputs = tuple(_input(path, *self.input_entry(path)) for path in sorted(set(paths)))
@@ -295,7 +331,7 @@ class Planner:
         parts = []
         for name in order:
             t = self.graph.targets[name]
-            sources = [[p, self.input_digest(p) if self.graph.is_source(p) else ""] for p in t.inputs]
+            sources = [[p, self.input_digest(p) if self.graph.is_source(p) else ""] for p in list(t.inputs) + self.code_inputs(t)]
             env = [[n, os.environ.get(n)] for n in t.attrs.env]
             parts.append([name, t.recipe or "", list(t.outputs), sources, list(t.params), env, list(self.environment(t))])
         return hash_bytes(json.dumps([SCHEMA, parts], separators=(",", ":")).encode())

@@ -302,6 +302,10 @@ class Scheduler:
 
     # -- remote execution ----------------------------------------------------------------
 
+    def _sources(self, action: Action) -> set[str]:
+        """The action's inputs that the user provides (no target makes them)."""
+        return {p.rstrip("/") for p, _, _ in action.inputs if self.graph.is_source(p.rstrip("/"))}
+
     def _runs_remotely(self, target: Target) -> bool:
         return self.remote is not None and not target.phony and not target.attrs.local
 
@@ -319,8 +323,7 @@ class Scheduler:
                         hint="Mark the target @local to run it here, or give the job role access to the secret (AWS Secrets Manager) and read it in the recipe.",
                     )
                 self._clear_outputs(target)
-                sources = {p.rstrip("/") for p in target.inputs if self.graph.is_source(p)}
-                changed = sandbox.stage_sources(action, ws.root, sources, store)
+                changed = sandbox.stage_sources(action, ws.root, self._sources(action), store)
                 if changed:
                     raise BBError(f"its input '{changed}' changed after bb read it; nothing was sent. Run bb again.")
                 digest = store.put_bytes(action.to_bytes())
@@ -423,9 +426,8 @@ class Scheduler:
     def _sandbox(self, target: Target, action: Action):
         """A scratch folder holding exactly the target's declared inputs."""
         ws, store, key = self.planner.workspace, self.planner.store, action.key()
-        sources = {p.rstrip("/") for p in target.inputs if self.graph.is_source(p)}
         try:
-            changed = sandbox.stage_sources(action, ws.root, sources, store)
+            changed = sandbox.stage_sources(action, ws.root, self._sources(action), store)
             if changed:
                 return TargetReport(target.name, FAILED, key, error=f"its input '{changed}' changed after bb read it; nothing was run. Run bb again.")
             scratch = sandbox.scratch_folder(ws.state, key)
