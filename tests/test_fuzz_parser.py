@@ -53,6 +53,12 @@ TOKENS = [
     'include "missing.bb"\n', 'include "data"\n', "settings:\n", "    store = .bb\n", "    env = [A]\n",
     "    secrets = [A]\n", "    jobs = 4\n", "    jobs = ٣\n", "    cache = s3://b/p\n", "    region = xx\n",
     "    nope = 1\n", "d/ d/x:\n", "a a/b:\n",
+    # records, params files, zipped loops, nested references
+    "{", "}", "{a: 1}", "[{a: 1, b: x}, {a: 2}]", "{k: [1, 2], o: {p: q}}", '{"a": "b"}', "R = [{a: 1}, {b: 2}]\n",
+    "$(r.a)", "$(R.a)", "$(r.a:-z)", "$(r.)", "$(C_$(i))", "$(C_$(r.a))", "$(a b)", "$((1+2))", "$(x", "C_1 = c\n",
+    "@for r in R\n", "@for i, j in zip(L, [p, q])\n", "@for i, j in zip(1..2, L), k in L\n", "zip(", "load(",
+    'P = load("p.json")\n', 'P = load("p.yaml")\n', 'P = load("p.toml")\n', 'P = load("bad.json")\n', "$(P.m.name)",
+    "$(P.x)", "@for r in P.m\n",
     # characters a file may hold
     "é", "∂", "😀", "\x00", "\u2028", "\x0c", "\x0b", "\x1b", "\ufeff", "\u200b",
 ]
@@ -66,22 +72,25 @@ token_text = st.lists(line, min_size=1, max_size=12).map("\n".join)
 
 # Statements shaped like the grammar's, so that most inputs parse and reach
 # expansion: loops, lists in paths, patterns, globs, nested outputs...
-NAMES = ["X", "L", "i", "S", "A", "é", "_x1", "1x", "x-y"]
+NAMES = ["X", "L", "i", "S", "A", "é", "_x1", "1x", "x-y", "R", "P"]
 WORDS = [
     "out.txt", "in.txt", "a", "a/b", "d/", "d/x", "out/", "out/$(i).txt", "out/$(L).txt", "$(L)", "$(X)",
     "x$(L)y$(L)", "data/*.csv", "data/a.csv", "%.o", "%.c", "out/%.txt", "in/%.md", "out/%/", "$(i)",
     "$@", "$(nope)", "é.txt", "inc.txt", "all", "t$(i)", "../up.txt", "/abs.txt", ".", "./out.txt",
+    "out/$(r.a).txt", "$(R.a)", "t$(r.b:-0)", "$(C_$(i))", "$(P.m.name)", "x$(j)",
 ]
-VALUES = ["1", "a b c", "[a, b]", "[a, b, c, d]", "[]", '"q s"', "$(L)", "$(X)$(X)", "1..3", "", "[$(L), x]", '"\\t"']
+VALUES = ["1", "a b c", "[a, b]", "[a, b, c, d]", "[]", '"q s"', "$(L)", "$(X)$(X)", "1..3", "", "[$(L), x]", '"\\t"',
+          "[{a: 1, b: x}, {a: 2}]", "[{a: $(X)}, {a: [1, 2]}]", "{k: 1, o: {p: q}}", 'load("p.json")', 'load("p.yaml")', 'load("p.toml")']
 word = st.sampled_from(WORDS) | st.text(SAFE, min_size=1, max_size=3)
 words = st.lists(word, max_size=4).map(" ".join)
 outputs = st.lists(word, min_size=1, max_size=3).map(" ".join)
 assignment = st.builds(
     lambda n, op, v: f"{n} {op} {v}\n", st.sampled_from(NAMES), st.sampled_from(["=", "+=", "?="]), st.sampled_from(VALUES)
 )
-loop = st.builds(
-    lambda v, over: f"{v} in {over}", st.sampled_from(["i", "j", "L", "X"]),
-    st.sampled_from(["1..3", "2..2", "3..1", "L", "X", "$(L)", "[a, b]", "[p, q, r]", "nope", "-1..1"]),
+OVERS = ["1..3", "2..2", "3..1", "L", "X", "$(L)", "[a, b]", "[p, q, r]", "nope", "-1..1", "R", "P.m", "[{a: 1}, {a: 2}]"]
+loop = st.one_of(
+    st.builds(lambda v, over: f"{v} in {over}", st.sampled_from(["i", "j", "r", "L", "X"]), st.sampled_from(OVERS)),
+    st.builds(lambda o1, o2: f"r, j in zip({o1}, {o2})", st.sampled_from(OVERS), st.sampled_from(OVERS)),
 )
 decorator = st.one_of(
     st.lists(loop, min_size=1, max_size=3).map(lambda ls: "@for " + ", ".join(ls) + "\n"),
@@ -90,7 +99,8 @@ decorator = st.one_of(
 )
 recipe = st.lists(
     st.builds(lambda ind, body: ind + body + "\n", st.sampled_from(["\t", "    ", "  ", "\t\t"]),
-              st.sampled_from(["echo $^ > $@", "cat $< > $@", "echo $(L) $(out) $(in) $*", "echo $$HOME", "echo $(X)", "", "# c"])),
+              st.sampled_from(["echo $^ > $@", "cat $< > $@", "echo $(L) $(out) $(in) $*", "echo $$HOME", "echo $(X)", "", "# c",
+                               "echo $(r.a) $(r.b:-1) > $@", "echo $(C_$(i)) $(P.x)", "echo $(echo hi)", "echo $$(echo hi)"])),
     max_size=3,
 ).map("".join)
 rule = st.builds(lambda ds, outs, ins, r: "".join(ds) + f"{outs}: {ins}\n{r}", st.lists(decorator, max_size=3), outputs, words, recipe)
@@ -98,7 +108,15 @@ settings_block = st.lists(
     st.builds(lambda n, v: f"    {n} = {v}\n", st.sampled_from(["env", "secrets", "jobs", "store", "shell", "cache", "nope"]), st.sampled_from(VALUES)),
     max_size=3,
 ).map(lambda lines: "settings:\n" + "".join(lines))
-statement = st.one_of(assignment, rule, rule, settings_block, st.sampled_from(['include "inc.bb"\n', "\n", "# comment\n"]))
+# Whole pieces of the parameter syntax that work, so that the cases around
+# them reach record loops, zips and params files with a graph to build.
+SNIPPETS = [
+    "R = [{a: 1, b: x}, {a: 2}]\n@for r in R\nout/$(r.a).txt: in.txt\n\techo $(r.b:-1) > $@\n",
+    'P = load("p.json")\n@for r in P.m\npm/$(r.name).txt:\n\techo $(r.k:-0) $(P.x) > $@\n',
+    'P = load("p.toml")\n@for r, i in zip(P.m, 1..2)\npt/$(r.name)-$(i).txt:\n\techo $(C_$(i):-c) > $@\n',
+    'P = load("p.yaml")\nall-p: pm/$(P.m.name).txt\n',
+]
+statement = st.one_of(assignment, rule, rule, settings_block, st.sampled_from(['include "inc.bb"\n', "\n", "# comment\n", *SNIPPETS]))
 
 
 @st.composite
@@ -152,6 +170,10 @@ def folder(tmp_path_factory) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(f"{rel}\n")
     (root / "inc.bb").write_text("INCLUDED = yes\ninc.txt: in.txt\n\tcat $< > $@\n")
+    (root / "p.json").write_text('{"x": 1, "m": [{"name": "a", "k": 1}, {"name": "b"}]}')
+    (root / "p.yaml").write_text("x: 1\nm:\n  - {name: a, k: 1}\n  - name: b\n")
+    (root / "p.toml").write_text('x = 1\nm = [{name = "a", k = 1}, {name = "b"}]\n')
+    (root / "bad.json").write_text('{"x": [[1]]}')
     os.mkfifo(root / "fifo")
     return root
 

@@ -13,10 +13,14 @@ from dataclasses import dataclass, field
 
 from buildsys import units
 from buildsys.errors import BatchfileError, Location, UsageError, did_you_mean
-from buildsys.lang.model import Attribute, Batchfile, Rule, one_line, show
-from buildsys.lang.settings import Settings, resolve
+from buildsys.lang.model import Attribute, Batchfile, Loop, Record, Rule, Zip, one_line, render, show
+from buildsys.lang.settings import Settings
+from buildsys.lang.settings import resolve as resolve_settings
+from buildsys.lang.values import check_override
 
-REF = re.compile(r"\$(\$|@|<|\^|\*|\(([^()\s]+)\))")
+# $$, an automatic variable, $(NAME); a '$(' that starts no plain reference
+# matches alone (group 1 is "("): a nested reference, or an error.
+REF = re.compile(r"\$(\$|@|<|\^|\*|\(([^()\s$]+)\)|\()")
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 RANGE = re.compile(r"(-?[0-9]{1,18})\.\.(-?[0-9]{1,18})")
 
@@ -168,15 +172,34 @@ class Graph:
 
 
 # ---- interpolation ---------------------------------------------------------
+#
+# A reference is $(NAME), a field $(m.k) or $(PARAMS.train.lr), a field of
+# every record of a list $(MODELS.name), one with a default $(m.depth:-3),
+# or one whose name holds other references, expanded first: $(C_$(m)).
+# The common case, $(NAME) with NAME in scope, is one dict lookup inside one
+# regex substitution; everything else takes the slower paths below, only
+# when a text needs them.
 
 
 def _flat(value) -> str:
-    return " ".join(value) if isinstance(value, tuple) else value
+    if value.__class__ is str:
+        return value
+    if value.__class__ is tuple and all(v.__class__ is str for v in value):
+        return " ".join(value)
+    return render(value)
+
+
+class _Nested(Exception):
+    """A '$(' that starts no plain reference: the text takes flatten_refs."""
+
+
+_MISSING = object()
 
 
 def expand(text: str, scope: dict, where: Location | None, *, recipe: bool = False, what: str = "", limits: Limits | None = None) -> str:
     """Replace $(name), $@, $<, $^, $* and $$ in `text`; anything else after a
-    '$' ($HOME, ${HOME}, $1) is left for the shell. The result may not exceed
+    '$' ($HOME, ${HOME}, $1) is left for the shell, but every '$(' is bb's:
+    one that names no variable is an error. The result may not exceed
     MAX_VALUE characters (`what` names the text in the error)."""
     if "$" not in text:
         return text
@@ -191,15 +214,24 @@ def expand(text: str, scope: dict, where: Location | None, *, recipe: bool = Fal
         try:
             value = scope[name]
         except KeyError:
-            raise _unknown(name, token, text, scope, where, recipe) from None
+            if token == "(":
+                raise _Nested from None
+            if token[0] != "(":
+                raise _unknown(name, token, text, scope, where, recipe) from None
+            value = resolve(name, scope, where, text, recipe)
         if value.__class__ is not str:
-            value = " ".join(value)
+            value = _join(value, name, text, where)
         size += len(value)
         if size > MAX_VALUE:
             raise _too_long(what or f"'{_short(text)}'", len(value), where, name if token[0] == "(" else "")
         return value
 
-    out = REF.sub(sub, text)
+    try:
+        out = REF.sub(sub, text)
+    except _Nested:
+        flat = flatten_refs(text, scope, where, recipe=recipe)
+        size = len(flat)
+        out = REF.sub(sub, flat)  # errors quote `text`, as written
     if limits is not None:
         limits.bytes_left -= len(out) + 50  # limits.spend, inlined: this is the hot path
         if limits.bytes_left < 0:
@@ -207,20 +239,240 @@ def expand(text: str, scope: dict, where: Location | None, *, recipe: bool = Fal
     return out
 
 
+def _join(value, name: str, text: str, where) -> str:
+    """A list as words; a record, or a list holding records, is an error."""
+    if value.__class__ is not Record:
+        try:
+            return " ".join(value)
+        except TypeError:
+            pass
+        record = next(v for v in value if v.__class__ is Record)
+        fields = ", ".join(record)
+        raise BatchfileError(
+            f"'$({show(name)})' in '{_short(text)}' is a list of records, not of words.",
+            where=where,
+            hint=f"Name a field of its records, such as $({show(name)}.{next(iter(record), 'name')})" + (f" (fields: {show(fields)})." if fields else "."),
+        )
+    fields = ", ".join(value)
+    raise BatchfileError(
+        f"'$({show(name)})' in '{_short(text)}' is a record, {show(render(value))}, not a word.",
+        where=where,
+        hint=f"Name one of its fields, such as $({show(name)}.{next(iter(value), 'name')})" + (f" (fields: {show(fields)})." if fields else "."),
+    )
+
+
 def _unknown(name: str, token: str, text: str, scope: dict, where, recipe: bool) -> BatchfileError:
     if token.startswith("("):
         hint = did_you_mean(name, [k for k in scope if NAME.fullmatch(k)])
-        if recipe:
+        if recipe and f"$({name})" in text:
             hint += f" For the shell's command substitution write $$({name})."
         return BatchfileError(f"unknown variable '{show(name)}' in '{_short(text)}'.", where=where, hint=hint.strip())
     return BatchfileError(f"'${name}' has no value here.", where=where, hint="$@, $< and $^ only mean something in a rule.")
 
 
+def resolve(name: str, scope: dict, where, text: str, recipe: bool = False):
+    """The value of a reference that is not a variable in scope: a field
+    ($(m.k), $(PARAMS.train.lr)), the field of every record of a list
+    ($(MODELS.name)), or one with a default ($(m.depth:-3): used when the
+    variable or field does not exist or is empty)."""
+    base, sep, default = name.partition(":-")
+    if not sep:
+        return _walk(name, scope, where, text, recipe, None)
+    value = _walk(base, scope, where, text, recipe, default)
+    return default if value is _MISSING or value == "" else value
+
+
+def _walk(name: str, scope: dict, where, text: str, recipe: bool, default):
+    value = scope.get(name, _MISSING)
+    if value is not _MISSING:
+        return value
+    head, dot, rest = name.partition(".")
+    if head not in scope or not dot:
+        if default is not None:
+            return _MISSING
+        return _raise(_unknown(head if NAME.fullmatch(head) else name, "(" + name + ")", text, scope, where, recipe))
+    value, path = scope[head], head
+    for part in rest.split("."):
+        if not part:
+            raise BatchfileError(f"'$({show(name)})' in '{_short(text)}' is not a name: a dot is followed by no field.", where=where)
+        if value.__class__ is Record:
+            if part in value:
+                value = value[part]
+            elif default is not None:
+                return _MISSING
+            else:
+                raise _no_field(path, value, part, where, text)
+        elif value.__class__ is tuple:
+            value = _project(value, path, part, where, text, default)
+        else:
+            raise BatchfileError(
+                f"'{show(path)}' is '{_short(value)}', a word, not a record: it has no field '{show(part)}' (in '{_short(text)}').",
+                where=where,
+                hint="Fields belong to records: MODELS = [{name: knn, k: 5}], or data read with load().",
+            )
+        path += "." + part
+    return value
+
+
+def _raise(err):
+    raise err
+
+
+def _project(items: tuple, path: str, part: str, where, text: str, default):
+    """$(MODELS.name): the field of every record of a list, as a list."""
+    out = []
+    for i, item in enumerate(items, 1):
+        if item.__class__ is not Record:
+            raise BatchfileError(
+                f"'{show(path)}.{show(part)}': item {i} of {show(path)} is '{_short(_flat(item))}', not a record (in '{_short(text)}').",
+                where=where,
+                hint="A field of a list means that field of each of its records; every item must be a record.",
+            )
+        value = item.get(part, _MISSING)
+        if value is _MISSING or (value == "" and default is not None):
+            if default is None:
+                raise _no_field(f"{path}[{i}]", item, part, where, text, item_of=path)
+            value = default
+        elif value.__class__ is tuple:
+            raise BatchfileError(
+                f"'{show(path)}.{show(part)}' in '{_short(text)}' would be a list of lists: the field holds a list in record {i}.",
+                where=where,
+                hint="Loop over the records (@for m in LIST) and use $(m.field) in each.",
+            )
+        out.append(value)
+    return tuple(out)
+
+
+def _no_field(path: str, record: Record, part: str, where, text: str, item_of: str = "") -> BatchfileError:
+    what = f"record {path.rsplit('[', 1)[1][:-1]} of {show(item_of)}" if item_of else f"the record {show(path)}"
+    fields = ", ".join(record) or "none"
+    return BatchfileError(
+        f"{what}, {show(render(record))}, has no field '{show(part)}' (in '{_short(text)}').",
+        where=where,
+        hint=f"Give every record a '{show(part)}', or a default in the reference: $({show(path.split('[')[0])}.{show(part)}:-VALUE). Its fields: {show(fields)}.",
+    )
+
+
+_SCAN = re.compile(r"\$\(|\$.?|\)|[\s(]|[^$()\s]+", re.S)
+_NAMEABLE = re.compile(r"[^()\s$]*")
+
+
+def flatten_refs(text: str, scope: dict, where, *, recipe: bool = False) -> str:
+    """Expand the references inside references' names, inner first
+    ($(C_$(m)) -> $(C_knn)), leaving flat references for expand; a '$('
+    that starts no reference (a space or '(' in its name, no closing ')')
+    is an error: bb never leaves one for the shell to run."""
+    out: list[str] = []
+    opened: list[tuple[int, int]] = []  # (index in out, position in text) of each open "$("
+    for m in _SCAN.finditer(text):
+        tok = m.group()
+        if tok == "$(":
+            opened.append((len(out), m.start()))
+            out.append(tok)
+        elif not opened:
+            out.append(tok)
+        elif tok == ")":
+            start, pos = opened.pop()
+            name = "".join(out[start + 1 :])
+            if not name:
+                raise _not_a_reference(text, pos, where, recipe)
+            del out[start:]
+            if opened:
+                out.append(_name_part(name, text[pos : m.end()], scope, where, text, recipe))
+                continue
+            ref = text[pos : m.end()]
+            head = name.split(".", 1)[0]
+            if ref != f"$({name})" and name not in scope and head not in scope and ":-" not in name:
+                raise BatchfileError(
+                    f"unknown variable '{show(head)}': '{show(ref)}' names it, in '{_short(text)}'.",
+                    where=where,
+                    hint=did_you_mean(head, [k for k in scope if NAME.fullmatch(k)]),
+                )
+            out.append("$(" + name + ")")
+        elif tok[0] == "$" and len(tok) == 2 and tok[1] in "@<^*":
+            value = scope.get(tok[1], _MISSING)
+            if value is _MISSING:
+                raise _unknown(tok[1], tok[1], text, scope, where, recipe)
+            out.append(_name_part(value, tok, scope, where, text, recipe, known=True))
+        elif tok[0] == "$" or not _NAMEABLE.fullmatch(tok):
+            raise _not_a_reference(text, opened[-1][1], where, recipe)
+        else:
+            out.append(tok)
+    if opened:
+        raise _not_a_reference(text, opened[-1][1], where, recipe)
+    return "".join(out)
+
+
+def _name_part(name, ref: str, scope, where, text, recipe, known=False) -> str:
+    """The value of an inner reference, which becomes part of a name."""
+    if known:
+        value = name
+    else:
+        try:
+            value = scope[name]
+        except KeyError:
+            value = resolve(name, scope, where, text, recipe)
+    if value.__class__ is not str:
+        kind = "a record" if value.__class__ is Record else "a list"
+        raise BatchfileError(
+            f"'{show(ref)}' in '{_short(text)}' is {kind}, so it cannot be part of a variable's name.",
+            where=where,
+            hint="Inside $(...) a reference must give one word: $(C_$(m)) with m = knn reads $(C_knn).",
+        )
+    if not _NAMEABLE.fullmatch(value):
+        raise BatchfileError(
+            f"'{show(ref)}' in '{_short(text)}' gives '{_short(value)}', which cannot be part of a variable's name (it holds a space, '$' or a parenthesis).",
+            where=where,
+        )
+    return value
+
+
+def _not_a_reference(text: str, pos: int, where, recipe: bool) -> BatchfileError:
+    end = text.find(")", pos)
+    piece = text[pos : end + 1] if 0 <= end < pos + 60 else text[pos : pos + 40] + ("..." if len(text) > pos + 40 else "")
+    if recipe:
+        hint = (
+            "bb expands every $(...) in a recipe itself, so it is never the shell's command substitution:"
+            " write $$(command) for that, $$((...)) for arithmetic, and $(NAME) for a variable."
+        )
+    else:
+        hint = "A reference is $(NAME), $(m.field) or $(A_$(B)); write $$ for a literal '$'."
+    return BatchfileError(f"'{show(piece)}' is not a variable reference (a name holds no spaces or parentheses, and ends with ')').", where=where, hint=hint)
+
+
+def _value_of(scope: dict, name: str):
+    """The value a reference would give, or None (for list detection; errors
+    are left to expand)."""
+    value = scope.get(name)
+    if value is None and ("." in name or ":-" in name):
+        try:
+            value = resolve(name, scope, None, name)
+        except BatchfileError:
+            return None
+    return value
+
+
+def _is_list(scope: dict, name: str) -> bool:
+    return isinstance(_value_of(scope, name), tuple)
+
+
+def _has_list(text: str, scope: dict, where) -> bool:
+    """Does a recipe name a list (once its nested references are resolved)?"""
+    for m in REF.finditer(text):
+        name = m.group(2)
+        if name is None:
+            if m.group(1) == "(":
+                flat = flatten_refs(text, scope, where, recipe=True)
+                return any(m2.group(2) and _is_list(scope, m2.group(2)) for m2 in REF.finditer(flat))
+        elif isinstance(scope.get(name), tuple) or (name not in scope and _is_list(scope, name)):
+            return True
+    return False
+
+
 def expand_recipe(text: str, scope: dict, where: Location | None, *, what: str = "", limits: Limits | None = None) -> str:
     """Expand a recipe word by word; a word holding a list variable becomes one
     word per item, as in rule headers (out/$(SETS).csv -> out/a.csv out/b.csv)."""
-
-    if not any(m.group(2) and isinstance(scope.get(m.group(2)), tuple) for m in REF.finditer(text)):
+    if not _has_list(text, scope, where):
         out = expand(text, scope, where, recipe=True, what=what, limits=limits)  # no list inside: one pass
     else:
         size = 0
@@ -230,7 +482,7 @@ def expand_recipe(text: str, scope: dict, where: Location | None, *, what: str =
             w = m.group(0)
             if "$" not in w:
                 return w
-            if any(m2.group(2) and isinstance(scope.get(m2.group(2)), tuple) for m2 in REF.finditer(w)):
+            if _has_list(w, scope, where):
                 w = " ".join(expand_words(w, scope, where, recipe=True, limits=limits))
             else:
                 w = expand(w, scope, where, recipe=True, what=what, limits=limits)
@@ -250,50 +502,92 @@ def expand_words(word: str, scope: dict, where: Location | None, recipe: bool = 
     (data/$(SETS).csv -> data/a.csv data/b.csv)."""
     if "$" not in word:
         return [word]
-    lists = [m.group(2) for m in REF.finditer(word) if m.group(2) and isinstance(scope.get(m.group(2)), tuple)]
+    lists = []
+    for m in REF.finditer(word):
+        name = m.group(2)
+        if name is None:
+            if m.group(1) == "(":  # a nested reference: which lists does the word name once it is resolved?
+                flat = flatten_refs(word, scope, where, recipe=recipe)
+                lists = [m2.group(2) for m2 in REF.finditer(flat) if m2.group(2) and _is_list(scope, m2.group(2))]
+                break
+        elif isinstance(scope.get(name), tuple) or (name not in scope and _is_list(scope, name)):
+            lists.append(name)
     if not lists:
         return expand(word, scope, where, recipe=recipe, limits=limits).split()
     names = list(dict.fromkeys(lists))
-    count = math.prod(len(scope[n]) for n in names)
+    values = {n: _value_of(scope, n) for n in names}
+    count = math.prod(len(values[n]) for n in names)
     cap = limits.rule_targets if limits is not None else MAX_RULE_TARGETS
     if count > cap:
-        sizes = " x ".join(f"{n}: {len(scope[n]):,}" for n in names)
+        sizes = " x ".join(f"{n}: {len(values[n]):,}" for n in names)
         raise BatchfileError(
             f"'{_short(word)}' expands to {count:,} words ({sizes}), over the limit of {cap:,}.",
             where=where,
             hint="Check which lists the word combines. " + (limits or Limits()).hint(count),
         )
+    for n in names:
+        if any(v.__class__ is not str for v in values[n]):
+            _join(values[n], n, word, where)  # raises: a list of records is not words
     out = []
-    for combo in itertools.product(*(scope[n] for n in names)):
+    for combo in itertools.product(*(values[n] for n in names)):
         local = dict(scope)
         local.update(zip(names, combo))
         out.extend(expand(word, local, where, recipe=recipe, limits=limits).split())
     return out
 
 
-def _check_override(name: str, value: str) -> str:
-    if "\0" in value or any("\ud800" <= c <= "\udfff" for c in value) or len(value) > MAX_VALUE:
-        raise UsageError(
-            f"the command-line value of {name} is not usable text (a NUL, bytes that are not UTF-8, or over {MAX_VALUE:,} characters).",
-            hint=f"Pass {name}=VALUE as UTF-8 text.",
-        )
-    return value
+def _expand_value(value, scope: dict, where, what: str, limits):
+    """Expand the references in a value written in the Batchfile: a string,
+    or each string inside a list or record."""
+    if value.__class__ is str:
+        return expand(value, scope, where, what=what, limits=limits)
+    if value.__class__ is Record:
+        return Record((k, _expand_value(v, scope, where, what, limits)) for k, v in value.items())
+    return tuple(_expand_value(v, scope, where, what, limits) for v in value)
 
 
-def evaluate_variables(model: Batchfile, overrides: dict[str, str], limits: Limits | None = None) -> dict:
-    scope: dict[str, str | tuple[str, ...]] = {k: _check_override(k, v) for k, v in overrides.items()}
+def _size(value) -> int:
+    """About the bytes a value holds, for the expansion budget."""
+    if value.__class__ is str:
+        return len(value) + 50
+    if value.__class__ is Record:
+        return sum(len(k) + _size(v) for k, v in value.items()) + 50
+    return sum(_size(v) for v in value) + 50
+
+
+def evaluate_variables(model: Batchfile, overrides: dict, limits: Limits | None = None) -> dict:
+    """The variables' values, in order; command-line values win. An override
+    NAME.field=value sets one field of a record (PARAMS.train.lr=0.2), after
+    each assignment of NAME."""
+    for k, v in overrides.items():
+        check_override(k, v)
+    fields = {k: v for k, v in overrides.items() if "." in k}
+    scope: dict = {k: v for k, v in overrides.items() if "." not in k}
+    heads = {k.split(".", 1)[0] for k in fields}
+    for name in heads & scope.keys():
+        scope[name] = _set_fields(name, scope[name], fields)
     for a in model.assignments:
         if a.name in overrides:
             continue
         what = f"variable '{a.name}'"
-        if isinstance(a.value, tuple):
-            value = tuple(expand(v, scope, a.location, what=what, limits=limits) for v in a.value)
+        value = a.value
+        if a.loaded:  # data read with load(): taken as it is
+            if limits is not None:
+                limits.spend(_size(value), a.location)
+        elif isinstance(value, tuple):
+            value = tuple(_expand_value(v, scope, a.location, what, limits) for v in value)
         else:
-            value = expand(a.value, scope, a.location, what=what, limits=limits)
+            value = expand(value, scope, a.location, what=what, limits=limits)
         if a.op == "?=" and a.name in scope:
             continue
         if a.op == "+=" and a.name in scope:
             old = scope[a.name]
+            if old.__class__ is Record or value.__class__ is Record:
+                raise BatchfileError(
+                    f"'{a.name} +=' cannot add to a record, or a record to a value.",
+                    where=a.location,
+                    hint="+= appends words or list items; a list of records grows with += [{name: x, k: 1}].",
+                )
             if isinstance(old, tuple) or isinstance(value, tuple):
                 old_t = old if isinstance(old, tuple) else tuple(old.split())
                 value = old_t + (value if isinstance(value, tuple) else tuple(value.split()))
@@ -305,8 +599,47 @@ def evaluate_variables(model: Batchfile, overrides: dict[str, str], limits: Limi
                     raise _too_long(what, size, a.location)
             if limits is not None:
                 limits.spend(size, a.location)  # each += copies the value: bounded in all
+        if a.name in heads:
+            value = _set_fields(a.name, value, fields, a.location)
         scope[a.name] = value
+    missing = sorted(heads - scope.keys())
+    if missing:
+        name = next(k for k in fields if k.split(".", 1)[0] == missing[0])
+        raise UsageError(
+            f"the command line sets '{name}', but the Batchfile has no variable '{missing[0]}'.",
+            hint=did_you_mean(missing[0], [k for k in scope if NAME.fullmatch(k)]) or "NAME.field=VALUE sets a field of a record variable.",
+        )
     return scope
+
+
+def _set_fields(name: str, value, fields: dict, where=None):
+    """`value` with the command line's NAME.a.b=VALUE fields set (copies,
+    never changing a record the parse cache holds)."""
+    for key, new in fields.items():
+        head, _, path = key.partition(".")
+        if head != name:
+            continue
+        parts = path.split(".")
+
+        def put(record, i, done):
+            if record.__class__ is not Record:
+                kind = "a list" if isinstance(record, tuple) else f"'{_short(record)}'"
+                raise UsageError(
+                    f"the command line sets '{key}', but {done} is {kind}, not a record.",
+                    hint="NAME.field=VALUE sets a field of a record (a variable given with {...} or load()).",
+                )
+            part = parts[i]
+            if part not in record:
+                raise UsageError(
+                    f"the command line sets '{key}', but {done} has no field '{part}'.",
+                    hint=did_you_mean(part, list(record)) or f"Its fields: {', '.join(record) or 'none'}.",
+                )
+            copy = Record(record)
+            copy[part] = new if i == len(parts) - 1 else put(record[part], i + 1, f"{done}.{part}")
+            return copy
+
+        value = put(value, 0, name)
+    return value
 
 
 # ---- attributes --------------------------------------------------------------
@@ -425,40 +758,119 @@ def _attributes(rule: Rule, scope: dict, settings: Settings, limits: Limits | No
 # ---- building the graph ------------------------------------------------------
 
 
+def _loop_items(loop: Loop, scope: dict, limits: Limits):
+    """What one loop variable runs over: literal items, a range, or a list
+    variable (a string variable's words)."""
+    over = loop.over
+    if isinstance(over, tuple):
+        return over
+    if m := RANGE.fullmatch(over):
+        return range(int(m.group(1)), int(m.group(2)) + 1)
+    name = over[2:-1] if over.startswith("$(") and over.endswith(")") else over
+    if name not in scope and re.fullmatch(r"-?[0-9]+\.\.-?[0-9]+", over):
+        raise BatchfileError(
+            f"@for {loop.var} in {_short(over)}: a range's bounds have at most 18 digits.",
+            where=loop.location,
+            hint=f"A loop makes at most {limits.rule_targets:,} targets ({LIMIT_ENV} raises that).",
+        )
+    if name in scope:
+        value = scope[name]
+    elif ("." in name or ":-" in name) and name.split(".", 1)[0].split(":-", 1)[0] in scope:
+        value = resolve(name, scope, loop.location, over)
+    else:
+        raise BatchfileError(
+            f"@for {loop.var} in {_short(over)}: unknown variable '{_short(name)}'.",
+            where=loop.location,
+            hint=did_you_mean(name, scope) or "Loop over a list variable, [a, b, c], or a range such as 1..10.",
+        )
+    if value.__class__ is Record:
+        raise BatchfileError(
+            f"@for {loop.var} in {_short(over)}: {_short(name)} is a record, {_short(render(value))}, not a list.",
+            where=loop.location,
+            hint="A loop runs over a list; to give each item its own values, make a list of records: [{name: a, k: 1}, {name: b, k: 2}].",
+        )
+    return value if isinstance(value, tuple) else tuple(value.split())
+
+
+def _flatten_record(var: str, record: Record, out: list) -> None:
+    """(m.k, value) for every field, nested records' fields too (m.opt.lr)."""
+    for key, value in record.items():
+        name = f"{var}.{key}"
+        out.append((name, value))
+        if value.__class__ is Record:
+            _flatten_record(name, value, out)
+
+
+class _Uses:
+    """Which fields of its record loop variables a rule's recipe and paths
+    name: only those enter its targets' keys as parameters (m.k = 5), so a
+    field that a rule never reads does not rebuild its targets."""
+
+    def __init__(self, rule: Rule):
+        text = " ".join((rule.recipe or "",) + rule.outputs + rule.inputs)
+        self.names = set()
+        self.dynamic = set()  # variables whose field is named by another reference: $(m.$(F))
+        for m in REF.finditer(text):
+            name = m.group(2)
+            if name is not None:
+                self.names.add(name.split(":-", 1)[0])
+            elif m.group(1) == "(":
+                head = re.match(r"[A-Za-z_][A-Za-z0-9_]*\.", text[m.end() :])
+                if head:
+                    self.dynamic.add(head.group(0)[:-1])
+
+        self.wanted: dict[str, bool] = {}  # field (m.k) -> does the rule read it
+
+    def want(self, key: str) -> bool:
+        hit = self.wanted.get(key)
+        if hit is None:
+            var = key.split(".", 1)[0]
+            hit = self.wanted[key] = var in self.dynamic or key in self.names or any(
+                n.startswith(key + ".") or key.startswith(n + ".") for n in self.names if n.startswith(var + ".")
+            )
+        return hit
+
+    def params(self, pairs: list) -> tuple:
+        """The parameters of one record: its fields the rule reads, by name."""
+        wanted, out = self.wanted, []
+        for k, v in pairs:
+            hit = wanted.get(k)
+            if hit is None:
+                hit = self.want(k)
+            if hit and v.__class__ is not Record:
+                out.append((k, v if v.__class__ is str else render(v)))
+        if len(out) > 1:
+            out.sort()
+        return tuple(out)
+
+
 def _bindings(rule: Rule, scope: dict, limits: Limits) -> list:
-    """The loop variables' values of each instance of `rule`. Their number is
-    checked against the limits before anything is expanded."""
+    """(scope entries, params) of each instance of `rule`: the loop
+    variables' values, and what of them enters the targets' keys (for a
+    record, the fields the rule uses, as m.k). Their number is checked
+    against the limits before anything is expanded."""
     if not rule.loops:
-        return [()]
-    axes = []  # (loop, size, items or a range)
+        return [((), ())]
+    axes = []  # (loop or zip, size, [items per variable])
     for loop in rule.loops:
-        over = loop.over
-        if isinstance(over, tuple):
-            axes.append((loop, len(over), over))
-        elif m := RANGE.fullmatch(over):
-            span = range(int(m.group(1)), int(m.group(2)) + 1)
-            axes.append((loop, len(span), span))
+        if isinstance(loop, Zip):
+            columns = [_loop_items(one, scope, limits) for one in loop.loops]
+            sizes = [len(c) for c in columns]
+            if len(set(sizes)) > 1:
+                told = ", ".join(f"{_short(one.over if isinstance(one.over, str) else render(one.over))}: {n:,}" for one, n in zip(loop.loops, sizes))
+                raise BatchfileError(
+                    f"@for {', '.join(one.var for one in loop.loops)} in zip(...): the lists differ in length ({told}).",
+                    where=loop.location,
+                    hint="zip() pairs the items of lists of the same length; for every combination, write @for a in A, b in B.",
+                )
+            axes.append((loop, sizes[0], columns))
         else:
-            name = over[2:-1] if over.startswith("$(") and over.endswith(")") else over
-            if name not in scope and re.fullmatch(r"-?[0-9]+\.\.-?[0-9]+", over):
-                raise BatchfileError(
-                    f"@for {loop.var} in {_short(over)}: a range's bounds have at most 18 digits.",
-                    where=loop.location,
-                    hint=f"A loop makes at most {limits.rule_targets:,} targets ({LIMIT_ENV} raises that).",
-                )
-            if name not in scope:
-                raise BatchfileError(
-                    f"@for {loop.var} in {_short(over)}: unknown variable '{_short(name)}'.",
-                    where=loop.location,
-                    hint=did_you_mean(name, scope) or "Loop over a list variable, [a, b, c], or a range such as 1..10.",
-                )
-            value = scope[name]
-            items = value if isinstance(value, tuple) else tuple(value.split())
-            axes.append((loop, len(items), items))
+            items = _loop_items(loop, scope, limits)
+            axes.append((loop, len(items), [items]))
     count = math.prod(size for _, size, _ in axes)
     over_rule = count > limits.rule_targets
     if over_rule or limits.made + count > limits.targets:
-        sizes = " x ".join(f"{loop.var}: {size:,}" for loop, size, _ in axes)
+        sizes = " x ".join(f"{_loop_vars(loop)}: {size:,}" for loop, size, _ in axes)
         first = rule.loops[0].location
         if over_rule:
             message = f"@for makes {count:,} targets ({sizes}), over the limit of {limits.rule_targets:,} for one rule."
@@ -466,14 +878,48 @@ def _bindings(rule: Rule, scope: dict, limits: Limits) -> list:
             message = f"@for makes {count:,} targets ({sizes}), which brings the Batchfile over its limit of {limits.targets:,} targets."
         raise BatchfileError(message, where=first, hint="Check the loops' ranges and lists. " + limits.hint(max(count, limits.made + count)))
     limits.made += count
-    lists = []
-    for loop, _, items in axes:
-        if isinstance(items, range):
-            items = [str(i) for i in items]
-        elif isinstance(loop.over, tuple):
-            items = [expand(x, scope, loop.location, limits=limits) for x in items]
-        lists.append([(loop.var, item) for item in items])
-    return list(itertools.product(*lists)) if len(lists) > 1 else [(b,) for b in lists[0]]
+    lists = []  # per axis: [(scope entries, params)] per item
+    uses = None
+    for loop, size, columns in axes:
+        per_var = []
+        for one, items in zip(loop.loops if isinstance(loop, Zip) else (loop,), columns):
+            if isinstance(items, range):
+                items = [str(i) for i in items]
+            elif isinstance(one.over, tuple):
+                items = [_expand_value(x, scope, one.location, f"@for {one.var}", limits) for x in items]
+            entries = []
+            for item in items:
+                if item.__class__ is str:
+                    pair = ((one.var, item),)
+                    entries.append((pair, pair))
+                    continue
+                if item.__class__ is not Record:
+                    raise BatchfileError(
+                        f"@for {one.var}: an item of {_short(_flat(one.over))} is a list, {_short(render(item))}; a loop's items are words or records.",
+                        where=one.location,
+                    )
+                if uses is None:
+                    uses = _Uses(rule)
+                pairs = [(one.var, item)]
+                _flatten_record(one.var, item, pairs)
+                entries.append((tuple(pairs), uses.params(pairs[1:])))
+            per_var.append(entries)
+        if len(per_var) == 1:
+            lists.append(per_var[0])
+        else:
+            lists.append([(sum((e[0] for e in row), ()), sum((e[1] for e in row), ())) for row in zip(*per_var)])
+    if len(lists) == 1:
+        return lists[0]
+    out = []
+    for combo in itertools.product(*lists):
+        binds = tuple(itertools.chain.from_iterable(b for b, _ in combo))
+        params = tuple(itertools.chain.from_iterable(p for _, p in combo))
+        out.append((binds, params))
+    return out
+
+
+def _loop_vars(loop) -> str:
+    return ", ".join(one.var for one in loop.loops) if isinstance(loop, Zip) else loop.var
 
 
 def _normalize_output(path: str, where: Location) -> str:
@@ -530,7 +976,7 @@ def build_graph(model: Batchfile, overrides: dict[str, str] | None = None, root:
     """`wanted`: paths asked for on the command line, which pattern rules may make."""
     limits = Limits.from_env()
     scope = evaluate_variables(model, overrides or {}, limits)
-    settings = resolve(model.settings, lambda text, where: expand(text, scope, where, limits=limits))
+    settings = resolve_settings(model.settings, lambda text, where: expand(text, scope, where, limits=limits))
     pending: list[_Pending] = []
     patterns: list[_PatternRule] = []
     producer: dict[str, str] = {}
@@ -583,9 +1029,9 @@ def build_graph(model: Batchfile, overrides: dict[str, str] | None = None, root:
                 where=rule.location,
                 hint="Give the outputs without '%' a rule of their own.",
             )
-        for params in _bindings(rule, scope, limits):
+        for binds, params in _bindings(rule, scope, limits):
             local = dict(scope)
-            local.update(params)
+            local.update(binds)
             attrs, phony, is_default = _attributes(rule, local, settings, limits)
             if is_pattern:
                 patterns.append(_PatternRule(rule, local, params, attrs, phony, limits))
@@ -705,7 +1151,7 @@ def build_graph(model: Batchfile, overrides: dict[str, str] | None = None, root:
             local.update({"@": quoted_out[0], "<": quoted_in[0] if quoted_in else "", "^": " ".join(quoted_in), "in": quoted_in, "out": quoted_out})
             local["*"] = shell_word(local.get("*", ""))
             recipe = expand_recipe(p.rule.recipe, local, Location(p.rule.location.file, p.rule.recipe_line), what=f"the recipe of '{_short(name)}'", limits=limits)
-        target = Target(name, p.outputs, tuple(inputs), recipe, tuple(p.params), p.attrs, p.phony, p.rule.location, _used_variables(p.rule, scope, usage))
+        target = Target(name, p.outputs, tuple(inputs), recipe, tuple(p.params), p.attrs, p.phony, p.rule.location, _used_variables(p.rule, scope, usage, p.scope))
         targets[name] = target
         dep_names = []
         for i in inputs:
@@ -764,13 +1210,48 @@ def _nested(inner: str, outer: str, here: Location, there: Location, *, new_is_i
     )
 
 
-def _used_variables(rule: Rule, scope: dict, memo: dict) -> tuple:
+def _used_variables(rule: Rule, scope: dict, memo: dict, local: dict | None = None) -> tuple:
+    """The Batchfile variables (and fields of record variables) a rule's
+    recipe and paths name, with their values, for `bb why`. Names that a
+    nested reference builds ($(C_$(m)) -> C_knn) depend on the instance."""
     key = id(rule)  # hashing a frozen rule hashes all its fields: slow on big graphs
-    if key not in memo:
+    entry = memo.get(key)
+    if entry is None:
         text = " ".join((rule.recipe or "",) + rule.outputs + rule.inputs)
-        names = dict.fromkeys(m.group(2) for m in REF.finditer(text) if m.group(2) in scope)
-        memo[key] = tuple((n, _flat(scope[n])) for n in names)
-    return memo[key]
+        loop_vars = {one.var for loop in rule.loops for one in (loop.loops if isinstance(loop, Zip) else (loop,))}
+        names, nested = [], False
+        for m in REF.finditer(text):
+            if m.group(2) is not None:
+                names.append(m.group(2))
+            elif m.group(1) == "(":
+                nested = True
+        entry = memo[key] = (_global_values(names, scope, loop_vars), nested, text, loop_vars)
+    found, nested, text, loop_vars = entry
+    if not nested or local is None:
+        return found
+    try:
+        flat = flatten_refs(text, local, None)
+    except BatchfileError:
+        return found
+    known = {n for n, _ in found}
+    more = [m.group(2) for m in REF.finditer(flat) if m.group(2) is not None and m.group(2) not in known]
+    return found + _global_values(more, scope, loop_vars)
+
+
+def _global_values(names: list, scope: dict, loop_vars: set) -> tuple:
+    out = []
+    for name in dict.fromkeys(names):
+        head = re.split(r"\.|:-", name, maxsplit=1)[0]
+        if head in loop_vars or head not in scope:
+            continue
+        if name in scope:
+            out.append((name, _flat(scope[name])))
+        else:
+            try:
+                out.append((name, _flat(resolve(name, scope, None, name))))
+            except BatchfileError:
+                pass
+    return tuple(out)
 
 
 def _neighbours(path: str, root: str) -> list[str]:

@@ -1,6 +1,7 @@
 """The parsed Batchfile as plain data: what the user wrote, before expansion."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from buildsys.errors import Location
@@ -35,12 +36,39 @@ def one_line(func):
     return wrapper
 
 
+class Record(dict):
+    """A record: field name -> value (a string, a list or a record), in the
+    order written. `{name: knn, k: 5}` in a Batchfile, a mapping in a file
+    read with load(). A list of records gives each item of a loop its own
+    values: $(m.name), $(m.k)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"Record({dict.__repr__(self)})"
+
+
+_BARE = re.compile(r"[^\s,:#=\[\]{}\"'\\]+")
+
+
+def render(value) -> str:
+    """A value as one would write it in a Batchfile: knn, [a, b], {name: knn, k: 5}."""
+    if value.__class__ is str:
+        if _BARE.fullmatch(value):
+            return value
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {render(v)}" for k, v in value.items()) + "}"
+    return "[" + ", ".join(render(v) for v in value) + "]"
+
+
 @dataclass(frozen=True)
 class Assignment:
     name: str
     op: str  # "=", "+=" or "?="
-    value: str | tuple[str, ...]
+    value: str | tuple | Record  # lists hold strings and records
     location: Location
+    loaded: bool = False  # read with load(): data, whose '$' bb never expands
 
 
 @dataclass(frozen=True)
@@ -53,7 +81,16 @@ class Attribute:
 @dataclass(frozen=True)
 class Loop:
     var: str
-    over: str | tuple[str, ...]  # a variable name, a range "1..10", or literal items
+    over: str | tuple  # a variable name, a range "1..10", or literal items
+    location: Location
+
+
+@dataclass(frozen=True)
+class Zip:
+    """`@for a, b in zip(A, B)`: one loop over lists of equal length, their
+    items taken side by side."""
+
+    loops: tuple[Loop, ...]
     location: Location
 
 
@@ -63,7 +100,7 @@ class Rule:
     inputs: tuple[str, ...]
     recipe: str | None
     attributes: tuple[Attribute, ...]
-    loops: tuple[Loop, ...]
+    loops: tuple[Loop | Zip, ...]
     location: Location
     recipe_line: int = 0
 

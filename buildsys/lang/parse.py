@@ -15,7 +15,7 @@ from pathlib import Path
 
 from buildsys.errors import BatchfileError, Location
 from buildsys.files import write_atomic
-from buildsys.lang.model import Assignment, Attribute, Batchfile, Loop, Rule, Setting, one_line, show
+from buildsys.lang.model import Assignment, Attribute, Batchfile, Loop, Record, Rule, Setting, Zip, one_line, show
 
 # A link to grammar/batchfile.lark, so the grammar ships inside the package.
 GRAMMAR = Path(__file__).parent / "batchfile.lark"
@@ -40,6 +40,14 @@ TOKEN_WORDS = {
     "FOR": "'for'",
     "INCLUDE": "'include'",
     "SETTINGS": "'settings'",
+    "LOAD": "'load('",
+    "ZIP": "'zip('",
+    "ZIP_ARG": "a list's name or a range",
+    "FIELD": "a field name",
+    "VALUE": "a field's value",
+    "LBRACE": "'{'",
+    "RBRACE": "'}'",
+    "RPAR": "')'",
     "$END": "the end of the file",
 }
 
@@ -57,7 +65,7 @@ _PSEUDO = ("/proc/", "/sys/")
 
 # Bumped when parsing changes what it accepts, so that no cached parse of a
 # file the new rules reject is reused.
-_CACHE_VERSION = b"parse-2"
+_CACHE_VERSION = b"parse-3"
 
 _parser = None
 
@@ -108,6 +116,14 @@ def _unquote(token: str, where: Location | None = None) -> str:
     return _ESCAPE.sub(sub, body)
 
 
+class _Load:
+    """`NAME = load("file")` until parse_file reads the file (relative to
+    the Batchfile that names it)."""
+
+    def __init__(self, name: str, location: Location):
+        self.name, self.location = name, location
+
+
 class _ToModel:
     """Walks Lark's tree into model objects (a Transformer, written out so
     each node type reads as one method)."""
@@ -119,17 +135,51 @@ class _ToModel:
     def loc(self, token) -> Location:
         return Location(self.path, token.line, token.column)
 
-    def value(self, node):
+    def value(self, node, where: str = ""):
+        """A value; `where` names a place that takes only strings and plain
+        lists (a setting, an attribute), where a record or load() is an error."""
         kind = node.data
         if kind == "list":
-            return tuple(self.value(child) for child in node.children if child is not None)
+            return tuple(self.value(child, where) for child in node.children if child is not None)
         if kind == "string":
             return _unquote(str(node.children[0]), self.loc(node.children[0]))
         if kind in ("raw", "word"):
             return str(node.children[0]).strip()
         if kind == "empty":
             return ""
+        if kind == "record":
+            return self.record(node, where)
+        if kind == "load":
+            opener, name = node.children
+            if where:
+                raise BatchfileError(f"{where} cannot be load()ed.", where=self.loc(opener), hint="load() gives a variable its value: PARAMS = load(\"params.yaml\").")
+            return _Load(_unquote(str(name), self.loc(name)), self.loc(name))
         raise AssertionError(kind)
+
+    def record(self, node, where: str = "") -> Record:
+        brace = node.children[0]
+        if where:
+            raise BatchfileError(
+                f"{where} takes words and lists, not a record ({{...}}).",
+                where=self.loc(brace),
+                hint="Records are for variables and @for loops: MODELS = [{name: knn, k: 5}].",
+            )
+        out = Record()
+        for field in node.children[1:]:
+            if field is None:
+                continue
+            key, value = field.children
+            name = _unquote(str(key), self.loc(key)) if key.type == "STRING" else str(key)
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", name):
+                raise BatchfileError(
+                    f"'{show(name)}' is not a field name.",
+                    where=self.loc(key),
+                    hint="A field name is letters, digits, '_' and '-', and starts with a letter or '_'.",
+                )
+            if name in out:
+                raise BatchfileError(f"the record gives the field '{name}' twice.", where=self.loc(key))
+            out[name] = self.value(value)
+        return out
 
     def statements(self, tree):
         for node in tree.children:
@@ -154,7 +204,7 @@ class _ToModel:
         out = []
         for setting in node.children:
             name, value = setting.children
-            out.append(Setting(name.strip(), self.value(value), Location(self.path, name.line, len(name) - len(name.lstrip()) + 1)))
+            out.append(Setting(name.strip(), self.value(value, f"setting '{name.strip()}'"), Location(self.path, name.line, len(name) - len(name.lstrip()) + 1)))
         return ("settings", out)
 
     def rule(self, node):
@@ -163,12 +213,15 @@ class _ToModel:
         for child in node.children:
             if child.data == "for_loop":
                 for loop in child.children:
+                    if loop.data == "zip_loop":
+                        loops.append(self.zip_loop(loop))
+                        continue
                     var, over = loop.children
                     items = self.value(over) if hasattr(over, "data") else str(over)
                     loops.append(Loop(str(var), items, self.loc(var)))
             elif child.data == "attribute":
                 name, *args = child.children
-                attributes.append(Attribute(str(name), tuple(self.value(a) for a in args), self.loc(name)))
+                attributes.append(Attribute(str(name), tuple(self.value(a, f"@{name}") for a in args), self.loc(name)))
             elif child.data == "header":
                 header = child
             elif child.data == "recipe":
@@ -177,6 +230,21 @@ class _ToModel:
         text, first_line = self.recipe_text(recipe) if recipe is not None else (None, 0)
         first = header.children[0].children[0]
         return Rule(outputs, inputs, text, tuple(attributes), tuple(loops), self.loc(first), first_line)
+
+    def zip_loop(self, node) -> Zip:
+        names = [c for c in node.children if not hasattr(c, "data") and c.type == "WORD"]
+        overs = [c for c in node.children if hasattr(c, "data")]
+        opener = next(c for c in node.children if not hasattr(c, "data") and c.type == "ZIP")
+        if len(names) != len(overs):
+            raise BatchfileError(
+                f"@for {', '.join(names)} in zip(...) names {len(names)} variables for {len(overs)} lists.",
+                where=self.loc(opener),
+                hint="zip() takes one list per variable: @for m, d in zip(MODELS, DATASETS).",
+            )
+        if len(set(map(str, names))) != len(names):
+            raise BatchfileError("@for names the same variable twice.", where=self.loc(names[0]))
+        loops = tuple(Loop(str(n), self.value(o) if o.data == "list" else str(o.children[0]), self.loc(n)) for n, o in zip(names, overs))
+        return Zip(loops, self.loc(names[0]))
 
     def recipe_text(self, recipe):
         # Rebuild from the source lines so blank lines and comment lines inside
@@ -216,6 +284,8 @@ def _syntax_error(err, path: str, text: str) -> BatchfileError:
         found = "input"
     message = f"syntax error: unexpected {found}."
     hint = ("Expected " + ", ".join(expected) + ".") if expected else ""
+    if re.match(r"[A-Za-z_][A-Za-z0-9_]*[ \t]*[+?]?=[ \t]*\{", source) and column > source.index("{"):
+        hint += " A value that starts with '{' is a record, such as {name: knn, k: 5}; quote a string that starts with '{'."
     if source[:1] in (" ", "\t") and "':'" in expected:
         # an indented line read as a top-level statement: it follows no rule or settings block
         hint += (
@@ -371,6 +441,8 @@ def parse_file(path: str | os.PathLike) -> Batchfile:
             files.pop()
             continue
         if isinstance(item, Assignment):
+            if isinstance(item.value, _Load):
+                item = Assignment(item.name, item.op, load_params(files[-1].parent, item.value, sources), item.location, loaded=True)
             assignments.append(item)
         elif isinstance(item, Rule):
             rules.append(item)
@@ -386,6 +458,28 @@ def parse_file(path: str | os.PathLike) -> Batchfile:
             pending.append(iter(read(target, where)))
             files.append(target)
     return Batchfile(str(root), tuple(assignments), tuple(rules), tuple(settings), tuple(sources))
+
+
+def load_params(folder: Path, request: _Load, sources: list):
+    """The data of `load("file")`: JSON and TOML with the standard library,
+    YAML with PyYAML when it is installed. The file becomes one of the
+    Batchfile's sources, so that an edit is seen by the parse cache and the
+    no-op check."""
+    from buildsys.lang.values import FORMATS, from_data, parse_data
+
+    file = folder / request.name
+    kind = FORMATS.get(file.suffix.lower())
+    if kind is None:
+        raise BatchfileError(
+            f"load() reads .json, .toml, .yaml and .yml files, not '{show(request.name, 200)}'.",
+            where=request.location,
+            hint="Name the file with the extension of its format.",
+        )
+    shown = _display(file)
+    text = decode_source(read_source(file, request.location), shown)
+    sources.append(str(file))
+    data = parse_data(text, kind, shown, request.location)
+    return from_data(data, request.location, f"'{show(shown, 200)}'")
 
 
 def _display(file: Path) -> str:
