@@ -35,6 +35,24 @@ def _sig(path: str) -> list | None:
         return None
 
 
+def notebook_cells(full: str, path: str) -> bytes:
+    try:
+        from buildsys.recipes.notebook import canonical
+    except ImportError:
+        raise BBError(
+            f"'{path}' is a @notebook, and running notebooks needs jupytext, nbclient, nbconvert and ipykernel.",
+            hint="Install them: pip install 'buildsys[notebook]'.",
+        ) from None
+    try:
+        return canonical(full)
+    except ImportError as err:
+        raise BBError(f"'{path}' is a @notebook, and running notebooks needs {err.name}.", hint="Install them: pip install 'buildsys[notebook]'.") from None
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # jupytext and nbformat raise many kinds
+        raise BBError(f"cannot read the notebook '{path}': {type(err).__name__}: {err}.", hint="Open it in Jupyter or check its jupytext header.") from None
+
+
 def _input(path: str, digest: str, executable: bool, folder: bool) -> tuple[str, str, bool]:
     # A folder's path ends with '/' in the action, so whoever runs it knows
     # the digest names a tree manifest.
@@ -89,6 +107,7 @@ class Planner:
         self.remote_image = ""  # with --remote: "repository:tag" of the environment image
         self._code: dict[str, list[str]] = {}  # target -> Python files it runs that it does not declare
         self._imports = None  # keys.imports.ImportCache, made when first needed
+        self._notebooks: set[str] | None = None
 
     # -- digests ----------------------------------------------------------------
 
@@ -127,7 +146,11 @@ class Planner:
             return known
         full = path if os.path.isabs(path) else os.path.join(self.workspace.root, path)
         try:
-            if os.path.isdir(full):
+            if path in self.notebooks():
+                # a notebook keys by its cells, not its file's bytes or format
+                self.workspace.stats.file(full)  # seen: checked after the run like any input
+                entry = (hash_bytes(notebook_cells(full, path)), False, False)
+            elif os.path.isdir(full):
                 files = self.workspace.stats.tree(full)
                 self._tree_files[full] = {os.path.join(full, rel) for rel, fd in files.items() if fd.digest}
                 entry = (hash_bytes(tree_manifest(files)), False, True)
@@ -145,6 +168,12 @@ class Planner:
         # (checked after each recipe from the stats seen here).
         self._sources[path] = entry
         return entry
+
+    def notebooks(self) -> set[str]:
+        """The notebooks @notebook targets run (they key by their cells)."""
+        if self._notebooks is None:
+            self._notebooks = {t.attrs.notebook[0] for t in self.graph.targets.values() if t.attrs.notebook}
+        return self._notebooks
 
     def code_inputs(self, target: Target) -> list[str]:
         """The project's Python files a target's recipe runs and the local

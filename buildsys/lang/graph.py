@@ -103,6 +103,9 @@ class Attrs:
     # stored result (tokens, passwords): the planner passes them to the recipe.
     secrets: tuple[str, ...] = ()
     local: bool = False
+    # @notebook PATH NAME=VALUE...: the notebook that makes the target's
+    # report, then its parameters as NAME=VALUE words.
+    notebook: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -712,9 +715,45 @@ ATTRIBUTES = {
     "env": lambda a, v: ("env", _names(a, v)),
     "secret": lambda a, v: ("secrets", _names(a, v)),
     "local": lambda a, v: ("local", _flag(a, v)),
+    "notebook": lambda a, v: ("notebook", _notebook(a, v)),
     "phony": lambda a, v: ("phony", _flag(a, v)),
     "default": lambda a, v: ("default", _flag(a, v)),
 }
+
+
+def _notebook(attr, args) -> tuple[str, ...]:
+    words = [w for a in args for w in (a if isinstance(a, tuple) else a.split())]
+    if not words:
+        raise BatchfileError("@notebook names a notebook: @notebook notebooks/report.py [NAME=VALUE ...].", where=attr.location)
+    for word in words[1:]:
+        name, eq, _ = word.partition("=")
+        if not eq or not NAME.fullmatch(name):
+            raise BatchfileError(
+                f"@notebook: '{_short(word)}' is not a parameter.",
+                where=attr.location,
+                hint="Parameters follow the notebook's path as NAME=VALUE words, such as model=$(m) k=5.",
+            )
+    return tuple(words)
+
+
+def _notebook_recipe(target_name: str, notebook: tuple[str, ...], outputs: tuple[str, ...], rule: Rule) -> str:
+    """The command line that runs a @notebook target (buildsys.recipes.notebook)."""
+    if rule.recipe is not None:
+        raise BatchfileError(f"'{_short(target_name)}' has both @notebook and recipe lines.", where=rule.location, hint="A @notebook rule runs the notebook: remove its recipe lines.")
+    html = [o for o in outputs if o.endswith(".html")]
+    if not html:
+        raise BatchfileError(
+            f"the @notebook rule of '{_short(target_name)}' declares no .html output for its report.",
+            where=rule.location,
+            hint="Name the report first among the outputs, such as reports/$(m).html (an .ipynb output keeps the executed notebook).",
+        )
+    ipynb = [o for o in outputs if o.endswith(".ipynb")]
+    words = ["python3", "-m", "buildsys.recipes.notebook", shell_word(notebook[0]), "--html", shell_word(html[0])]
+    if ipynb:
+        words += ["--ipynb", shell_word(ipynb[0])]
+    for param in notebook[1:]:
+        words += ["-p", shell_word(param)]
+    return " ".join(words)
 
 
 def _attributes(rule: Rule, scope: dict, settings: Settings, limits: Limits | None = None) -> tuple[Attrs, bool, bool]:
@@ -734,8 +773,9 @@ def _attributes(rule: Rule, scope: dict, settings: Settings, limits: Limits | No
         key, value = ATTRIBUTES[attr.name](attr, args)
         values[key] = value
         where[key] = attr.location
-    # A rule without a recipe makes nothing: it is an alias, as in Make.
-    phony = values.pop("phony", False) or rule.recipe is None
+    # A rule without a recipe makes nothing: it is an alias, as in Make
+    # (unless a notebook makes it).
+    phony = values.pop("phony", False) or (rule.recipe is None and "notebook" not in values)
     default = values.pop("default", False)
     # The settings' env and secrets apply to every target.
     if settings.env:
@@ -1138,10 +1178,14 @@ def build_graph(model: Batchfile, overrides: dict[str, str] | None = None, root:
                 inputs.extend(found)
             else:
                 inputs.append(_normalize_input(word))
+        if p.attrs.notebook:
+            inputs.append(_normalize_input(p.attrs.notebook[0]))  # the notebook is an input
         inputs = list(dict.fromkeys(inputs))
         name = p.outputs[0].rstrip("/")
         recipe = None
-        if p.rule.recipe is not None:
+        if p.attrs.notebook:
+            recipe = _notebook_recipe(name, p.attrs.notebook, p.outputs, p.rule)
+        elif p.rule.recipe is not None:
             # The automatic variables hold paths, some from globs: any file
             # name at all. They reach the shell as quoted words where a name
             # needs it ('a b.csv'); plain names (data/a.csv) stay as they are.

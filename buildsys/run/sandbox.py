@@ -23,7 +23,7 @@ class NotHermetic(BBError):
     """An action that cannot run away from the workspace."""
 
 
-def stage_sources(action: Action, root: str, sources, store: Store) -> str | None:
+def stage_sources(action: Action, root: str, sources, store: Store, notebooks=frozenset()) -> str | None:
     """Copy the action's source inputs (files and folders the user provides)
     from the workspace into the store, so that a sandbox or a remote worker
     can fetch them by digest. Returns the first input whose bytes no longer
@@ -36,6 +36,10 @@ def stage_sources(action: Action, root: str, sources, store: Store) -> str | Non
         full = os.path.join(root, path.rstrip("/"))
         if path.endswith("/"):
             stored, _ = capture_tree(store, StatCache(None), full)
+        elif path in notebooks:  # stored as it is keyed: its cells
+            from buildsys.recipes.notebook import canonical
+
+            stored = store.put_bytes(canonical(full))
         elif store.has_blob(digest):
             continue
         else:

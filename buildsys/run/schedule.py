@@ -323,7 +323,7 @@ class Scheduler:
                         hint="Mark the target @local to run it here, or give the job role access to the secret (AWS Secrets Manager) and read it in the recipe.",
                     )
                 self._clear_outputs(target)
-                changed = sandbox.stage_sources(action, ws.root, self._sources(action), store)
+                changed = sandbox.stage_sources(action, ws.root, self._sources(action), store, self.planner.notebooks())
                 if changed:
                     raise BBError(f"its input '{changed}' changed after bb read it; nothing was sent. Run bb again.")
                 digest = store.put_bytes(action.to_bytes())
@@ -427,7 +427,7 @@ class Scheduler:
         """A scratch folder holding exactly the target's declared inputs."""
         ws, store, key = self.planner.workspace, self.planner.store, action.key()
         try:
-            changed = sandbox.stage_sources(action, ws.root, self._sources(action), store)
+            changed = sandbox.stage_sources(action, ws.root, self._sources(action), store, self.planner.notebooks())
             if changed:
                 return TargetReport(target.name, FAILED, key, error=f"its input '{changed}' changed after bb read it; nothing was run. Run bb again.")
             scratch = sandbox.scratch_folder(ws.state, key)
