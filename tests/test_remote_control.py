@@ -12,7 +12,6 @@ removed by job id (moto names them `<jobName>-<jobId>`, notes P19).
 """
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
@@ -22,11 +21,12 @@ import subprocess
 import textwrap
 import time
 import urllib.request
-import zipfile
 from pathlib import Path
 
 import boto3
 import pytest
+
+from infra.wheels import make_wheel
 
 from conftest import BB_CMD, Project
 
@@ -80,29 +80,6 @@ def new_project(tmp_path, base_image, registry, batch_env, s3):
         return project
 
     return make
-
-
-def make_wheel(folder, name: str, version: str, source: str):
-    """A pure-Python wheel written directly (no build backend, no network),
-    as tests/test_image.py makes them."""
-    folder.mkdir(parents=True, exist_ok=True)
-    info = f"{name}-{version}.dist-info"
-    files = {
-        f"{name}/__init__.py": source.encode(),
-        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
-        f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: bb-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-    }
-    record = []
-    for path, data in files.items():
-        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-        record.append(f"{path},sha256={digest},{len(data)}")
-    record.append(f"{info}/RECORD,,")
-    files[f"{info}/RECORD"] = ("\n".join(record) + "\n").encode()
-    path = folder / f"{name}-{version}-py3-none-any.whl"
-    with zipfile.ZipFile(path, "w") as z:
-        for name_in_zip, data in files.items():
-            z.writestr(zipfile.ZipInfo(name_in_zip, (1980, 1, 1, 0, 0, 0)), data)
-    return path
 
 
 def remember(text: str, refs: set[str]) -> list[str]:

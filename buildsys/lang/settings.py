@@ -45,11 +45,20 @@ def _cache_url(value, where, name):
     return value
 
 
-def _cache_mode(value, where, name):
-    value = _string(value, where, name)
-    if value not in ("read-write", "read-only"):
-        raise BatchfileError(f"setting '{name}': '{value}' is not a cache mode.", where=where, hint="Use read-write or read-only.")
-    return value
+def _choice(options: tuple[str, ...], what: str, hint: str):
+    """A validator of one value among `options`."""
+
+    def check(value, where, name):
+        value = _string(value, where, name)
+        if value not in options:
+            raise BatchfileError(f"setting '{name}': '{value}' is not {what}.", where=where, hint=hint)
+        return value
+
+    return check
+
+
+_cache_mode = _choice(("read-write", "read-only"), "a cache mode", "Use read-write or read-only.")
+_executor = _choice(("batch", "docker"), "a remote executor", "Use batch (AWS Batch) or docker (this machine's Docker Engine).")
 
 
 def _region(value, where, name):
@@ -70,13 +79,6 @@ def _platform(value, where, name):
     value = _string(value, where, name)
     if not re.fullmatch(r"linux/(amd64|arm64|arm/v7|386|ppc64le|s390x)", value):
         raise BatchfileError(f"setting '{name}': '{value}' is not a platform such as linux/amd64 or linux/arm64.", where=where)
-    return value
-
-
-def _executor(value, where, name):
-    value = _string(value, where, name)
-    if value not in ("batch", "docker"):
-        raise BatchfileError(f"setting '{name}': '{value}' is not a remote executor.", where=where, hint="Use batch (AWS Batch) or docker (this machine's Docker Engine).")
     return value
 
 
