@@ -106,6 +106,8 @@ class Attrs:
     # @notebook PATH NAME=VALUE...: the notebook that makes the target's
     # report, then its parameters as NAME=VALUE words.
     notebook: tuple[str, ...] = ()
+    # @python MODULE:FUNCTION NAME=VALUE...: the function that makes the target.
+    function: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -716,6 +718,7 @@ ATTRIBUTES = {
     "secret": lambda a, v: ("secrets", _names(a, v)),
     "local": lambda a, v: ("local", _flag(a, v)),
     "notebook": lambda a, v: ("notebook", _notebook(a, v)),
+    "python": lambda a, v: ("function", _function(a, v)),
     "phony": lambda a, v: ("phony", _flag(a, v)),
     "default": lambda a, v: ("default", _flag(a, v)),
 }
@@ -734,6 +737,42 @@ def _notebook(attr, args) -> tuple[str, ...]:
                 hint="Parameters follow the notebook's path as NAME=VALUE words, such as model=$(m) k=5.",
             )
     return tuple(words)
+
+
+def _function(attr, args) -> tuple[str, ...]:
+    words = _notebook(attr, args)  # the same shape: what to run, then NAME=VALUE words
+    if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", words[0]):
+        raise BatchfileError(
+            f"@python: '{_short(words[0])}' is not MODULE:FUNCTION.",
+            where=attr.location,
+            hint="Name the function by its module, such as @python src.train:fit (or train:fit for src/train.py).",
+        )
+    return words
+
+
+def function_file(module: str, root: str) -> str | None:
+    """The project file of a module named by @python (in the Batchfile's
+    folder or its src/ folder)."""
+    rel = module.replace(".", "/")
+    for base in ("", "src/"):
+        for candidate in (f"{base}{rel}.py", f"{base}{rel}/__init__.py"):
+            if os.path.isfile(os.path.join(root, candidate)):
+                return candidate
+    return None
+
+
+def _function_recipe(target_name: str, function: tuple[str, ...], inputs: list[str], outputs: tuple[str, ...], rule: Rule) -> str:
+    """The command line that runs a @python target (buildsys.recipes.function)."""
+    if rule.recipe is not None:
+        raise BatchfileError(f"'{_short(target_name)}' has both @python and recipe lines.", where=rule.location, hint="A @python rule calls the function: remove its recipe lines.")
+    words = ["python3", "-m", "buildsys.recipes.function", function[0]]
+    for path in inputs:
+        words += ["--in", shell_word(path)]
+    for path in outputs:
+        words += ["--out", shell_word(path)]
+    for param in function[1:]:
+        words += ["-p", shell_word(param)]
+    return " ".join(words)
 
 
 def _notebook_recipe(target_name: str, notebook: tuple[str, ...], outputs: tuple[str, ...], rule: Rule) -> str:
@@ -775,7 +814,7 @@ def _attributes(rule: Rule, scope: dict, settings: Settings, limits: Limits | No
         where[key] = attr.location
     # A rule without a recipe makes nothing: it is an alias, as in Make
     # (unless a notebook makes it).
-    phony = values.pop("phony", False) or (rule.recipe is None and "notebook" not in values)
+    phony = values.pop("phony", False) or (rule.recipe is None and "notebook" not in values and "function" not in values)
     default = values.pop("default", False)
     # The settings' env and secrets apply to every target.
     if settings.env:
@@ -1180,11 +1219,23 @@ def build_graph(model: Batchfile, overrides: dict[str, str] | None = None, root:
                 inputs.append(_normalize_input(word))
         if p.attrs.notebook:
             inputs.append(_normalize_input(p.attrs.notebook[0]))  # the notebook is an input
+        declared = list(dict.fromkeys(inputs))  # what a @python function is given
+        if p.attrs.function:
+            module = p.attrs.function[0].partition(":")[0]
+            found = function_file(module, root)
+            if found is None:
+                raise BatchfileError(
+                    f"@python: no module '{_short(module)}' in the project (looked for {module.replace('.', '/')}.py here and in src/).",
+                    where=p.rule.location,
+                )
+            inputs.append(found)  # its module is an input; what it imports is tracked (keys.imports)
         inputs = list(dict.fromkeys(inputs))
         name = p.outputs[0].rstrip("/")
         recipe = None
         if p.attrs.notebook:
             recipe = _notebook_recipe(name, p.attrs.notebook, p.outputs, p.rule)
+        elif p.attrs.function:
+            recipe = _function_recipe(name, p.attrs.function, declared, p.outputs, p.rule)
         elif p.rule.recipe is not None:
             # The automatic variables hold paths, some from globs: any file
             # name at all. They reach the shell as quoted words where a name
