@@ -243,6 +243,18 @@ def test_a_list_of_records_straight_from_a_file(project):
     assert project.read("out/b.txt") == "2.5 false [3]\n"
 
 
+@pytest.mark.parametrize("ext, text", [
+    ("json", '{"lr": 1.0e-3, "n": 10, "w": 0.10, "on": true}'),
+    ("toml", "lr = 1.0e-3\nn = 10\nw = 0.10\non = true\n"),
+    ("yaml", "lr: 1.0e-3\nn: 10\nw: 0.10\n'on': true\n"),
+])
+def test_numbers_keep_the_text_written_in_the_file(project, ext, text):
+    project.write(f"p.{ext}", text)
+    project.batchfile(f'P = load("p.{ext}")\nout.txt:\n\techo $(P.lr) $(P.n) $(P.w) $(P.on) > $@\n')
+    project.build()
+    assert project.read("out.txt") == "1.0e-3 10 0.10 true\n"
+
+
 def test_yaml_without_pyyaml_says_so(project, tmp_path):
     fake = tmp_path / "no-yaml"
     (fake / "yaml").mkdir(parents=True)

@@ -2,8 +2,9 @@
 params files (JSON, TOML, YAML) or given on the command line.
 
 A value is a string, a tuple (a list: of strings and records) or a Record
-(field name -> value). Everything inside is text: numbers and booleans read
-from a file become the words one would write for them (5, 0.1, true).
+(field name -> value). Everything inside is text: numbers read from a file
+keep the text written there (1.0e-3 stays 1.0e-3; TOML integers are
+normalized: 1_000 is 1000), booleans become true and false, null is empty.
 
 This module imports nothing heavy: the command line parses its overrides
 with it before deciding whether a build is a no-op.
@@ -129,15 +130,15 @@ def parse_data(text: str, kind: str, shown: str, where: Location):
         if kind == "JSON":
             import json
 
-            try:
-                return json.loads(text)
+            try:  # numbers keep the text written: 1.0e-3 reaches a recipe as 1.0e-3
+                return json.loads(text, parse_float=str, parse_int=str)
             except json.JSONDecodeError as err:
                 raise fail(err.msg, err.lineno, err.colno) from None
         if kind == "TOML":
             import tomllib
 
             try:
-                return tomllib.loads(text)
+                return tomllib.loads(text, parse_float=str)
             except tomllib.TOMLDecodeError as err:
                 m = re.search(r"\(at line (\d+), column (\d+)\)", str(err))
                 message = re.sub(r"\s*\(at (line \d+, column \d+|end of document)\)", "", str(err))
@@ -151,7 +152,7 @@ def parse_data(text: str, kind: str, shown: str, where: Location):
                 hint="Install it (pip install pyyaml), or write the parameters as JSON or TOML, which bb reads with the standard library.",
             ) from None
         try:
-            return yaml.safe_load(text)
+            return yaml.load(text, Loader=_yaml_loader(yaml))
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             problem = getattr(err, "problem", None) or str(err)
@@ -164,6 +165,26 @@ def parse_data(text: str, kind: str, shown: str, where: Location):
         raise
     except (ValueError, TypeError, OverflowError, ArithmeticError) as err:  # a number or date out of range, say
         raise fail(str(err) or type(err).__name__) from None
+
+
+_YAML_LOADER = None
+
+
+def _yaml_loader(yaml):
+    """PyYAML's safe loader, keeping numbers as the text written."""
+    global _YAML_LOADER
+    if _YAML_LOADER is None:
+
+        class Loader(yaml.SafeLoader):
+            pass
+
+        def as_written(loader, node):
+            return loader.construct_scalar(node)
+
+        Loader.add_constructor("tag:yaml.org,2002:float", as_written)
+        Loader.add_constructor("tag:yaml.org,2002:int", as_written)
+        _YAML_LOADER = Loader
+    return _YAML_LOADER
 
 
 # ---- values on the command line ---------------------------------------------------
