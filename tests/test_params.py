@@ -148,7 +148,7 @@ def test_missing_field_names_the_record_and_the_field(project):
             echo $(m.k) > $@
     """)
     assert "Batchfile:5" in err, err
-    assert "{name: tree, depth: 3}" in err and "no field 'k'" in err, err
+    assert "{name: tree, depth: 3}" in err and "no field 'k'" in err and "item 2 of MODELS" in err, err
     assert "$(m.k:-VALUE)" in err, err  # the way out: a default
 
 
@@ -448,3 +448,14 @@ def test_override_value_parser():
     for bad_text in ("[a b]", "[a,,b]", "[{a: 1, a: 2}]", '["\\x00"]', "[{1: a}]"):
         with pytest.raises(UsageError):
             override_value("X", bad_text)
+
+
+# ---- planning --------------------------------------------------------------------------------
+
+
+def test_a_glob_over_outputs_sees_every_targets_outputs(project):
+    # the shape of bench/gen.py's 100k-target plan: a @for rule, then a join
+    # whose glob matches the loop's outputs (none exist on disk yet)
+    project.batchfile("@for i in 1..3\nout/t$(i).txt:\n\techo $(i) > $@\n@default\nfinal.txt: out/t*.txt\n\tcat out/t*.txt > $@\n")
+    assert built(project.build()) == {"out/t1.txt", "out/t2.txt", "out/t3.txt", "final.txt"}
+    assert project.read("final.txt") == "1\n2\n3\n"

@@ -306,7 +306,7 @@ def _walk(name: str, scope: dict, where, text: str, recipe: bool, default):
             elif default is not None:
                 return _MISSING
             else:
-                raise _no_field(path, value, part, where, text)
+                raise _no_field(path, value, part, where, text, origin=scope.get(head + "#", ""))
         elif value.__class__ is tuple:
             value = _project(value, path, part, where, text, default)
         else:
@@ -348,8 +348,12 @@ def _project(items: tuple, path: str, part: str, where, text: str, default):
     return tuple(out)
 
 
-def _no_field(path: str, record: Record, part: str, where, text: str, item_of: str = "") -> BatchfileError:
+def _no_field(path: str, record: Record, part: str, where, text: str, item_of: str = "", origin: str = "") -> BatchfileError:
+    """A missing field: the record is named by its place (record 2 of
+    MODELS; m, item 2 of MODELS) and shown."""
     what = f"record {path.rsplit('[', 1)[1][:-1]} of {show(item_of)}" if item_of else f"the record {show(path)}"
+    if origin:
+        what += f" ({origin}{path[len(path.split('.')[0]):] and ', field ' + show(path.split('.', 1)[1])})"
     fields = ", ".join(record) or "none"
     return BatchfileError(
         f"{what}, {show(render(record))}, has no field '{show(part)}' (in '{_short(text)}').",
@@ -967,7 +971,7 @@ def _bindings(rule: Rule, scope: dict, limits: Limits) -> list:
             elif isinstance(one.over, tuple):
                 items = [_expand_value(x, scope, one.location, f"@for {one.var}", limits) for x in items]
             entries = []
-            for item in items:
+            for index, item in enumerate(items, 1):
                 if item.__class__ is str:
                     pair = ((one.var, item),)
                     entries.append((pair, pair))
@@ -981,7 +985,9 @@ def _bindings(rule: Rule, scope: dict, limits: Limits) -> list:
                     uses = _Uses(rule)
                 pairs = [(one.var, item)]
                 _flatten_record(one.var, item, pairs)
-                entries.append((tuple(pairs), uses.params(pairs[1:])))
+                origin = f"item {index} of {_short(one.over) if isinstance(one.over, str) else 'the @for list'}"
+                # "m#" (not a variable name): where the record came from, for a missing field's error
+                entries.append((tuple(pairs) + ((one.var + "#", origin),), uses.params(pairs[1:])))
             per_var.append(entries)
         if len(per_var) == 1:
             lists.append(per_var[0])
@@ -1219,7 +1225,7 @@ def build_graph(model: Batchfile, overrides: dict[str, str] | None = None, root:
                 inputs.append(_normalize_input(word))
         if p.attrs.notebook:
             inputs.append(_normalize_input(p.attrs.notebook[0]))  # the notebook is an input
-        declared = list(dict.fromkeys(inputs))  # what a @python function is given
+        given = list(dict.fromkeys(inputs))  # what a @python function is given (not `declared`: the globs' outputs list)
         if p.attrs.function:
             module = p.attrs.function[0].partition(":")[0]
             found = function_file(module, root)
@@ -1235,7 +1241,7 @@ def build_graph(model: Batchfile, overrides: dict[str, str] | None = None, root:
         if p.attrs.notebook:
             recipe = _notebook_recipe(name, p.attrs.notebook, p.outputs, p.rule)
         elif p.attrs.function:
-            recipe = _function_recipe(name, p.attrs.function, declared, p.outputs, p.rule)
+            recipe = _function_recipe(name, p.attrs.function, given, p.outputs, p.rule)
         elif p.rule.recipe is not None:
             # The automatic variables hold paths, some from globs: any file
             # name at all. They reach the shell as quoted words where a name
