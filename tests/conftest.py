@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -14,6 +15,13 @@ import pytest
 
 # Fixtures for remote execution (docker, base image, registry, moto, Batch): tests/infra/fixtures.py
 pytest_plugins = ["infra.fixtures"]
+
+# Tests send SIGINT and SIGHUP to bb. A suite started in the background or
+# under nohup has them ignored, and an ignored signal is inherited across
+# exec: give bb the default dispositions, as a terminal would.
+signal.signal(signal.SIGINT, signal.default_int_handler)
+if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN:
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 BB = shutil.which("bb")
 BB_CMD = [BB] if BB else [sys.executable, "-m", "buildsys"]

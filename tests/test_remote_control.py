@@ -122,7 +122,14 @@ def wait_for(what: str, check, timeout: float, every: float = 0.25):
 
 
 def containers_of(docker_client, job_id: str) -> list:
-    return [c for c in docker_client.containers.list(all=True, filters={"name": job_id}) if c.name.endswith(f"-{job_id}")]
+    import docker
+
+    for _ in range(5):
+        try:
+            return [c for c in docker_client.containers.list(all=True, filters={"name": job_id}) if c.name.endswith(f"-{job_id}")]
+        except docker.errors.NotFound:  # listed, then removed (by moto) before it was inspected
+            time.sleep(0.1)
+    return []
 
 
 def running_container(docker_client, job_id: str) -> bool:

@@ -17,7 +17,7 @@ def test_independent_recipes_run_in_parallel(project):
         @for n in [a, b]
         $(n).txt:
             date +%s.%N > $(n).start
-            for i in $$(seq 100); do [ -e a.start ] && [ -e b.start ] && break; sleep 0.05; done
+            for i in $$(seq 600); do [ -e a.start ] && [ -e b.start ] && break; sleep 0.05; done
             date +%s.%N > $(n).end
             echo $(n) > $@
 
