@@ -110,6 +110,16 @@ def test_why_names_the_changed_field_as_a_parameter(ml):
     assert "param m.k: None -> '2'" in why, why
 
 
+def test_a_field_passed_to_a_python_function_is_a_parameter(project):
+    project.write("src/fit.py", "def fit(inputs, outputs, k):\n    open(outputs[0], 'w').write(f'k={k}\\n')\n")
+    text = "M = [{name: knn, k: 5}]\n@for m in M\n@python fit:fit k=$(m.k)\nout/$(m.name).txt:\n"
+    project.batchfile(text)
+    project.build()
+    assert project.read("out/knn.txt") == "k=5\n"
+    project.batchfile(text.replace("k: 5", "k: 6"))
+    assert "param m.k: '5' -> '6'" in project.bb("why", "out/knn.txt", check=0).stdout
+
+
 def test_record_fields_enter_the_key_in_a_stable_order(project):
     # the same records written with their fields in another order: the same keys
     project.batchfile("M = [{a: 1, b: 2}]\n@for m in M\nout.txt:\n\techo $(m.b) $(m.a) > $@\n")

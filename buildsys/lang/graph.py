@@ -890,7 +890,9 @@ class _Uses:
     field that a rule never reads does not rebuild its targets."""
 
     def __init__(self, rule: Rule):
-        text = " ".join((rule.recipe or "",) + rule.outputs + rule.inputs)
+        # @notebook and @python arguments become the recipe: they count as read
+        made = [w for a in rule.attributes if a.name in ("notebook", "python") for arg in a.args for w in (arg if isinstance(arg, tuple) else (arg,))]
+        text = " ".join((rule.recipe or "",) + rule.outputs + rule.inputs + tuple(made))
         self.names = set()
         self.dynamic = set()  # variables whose field is named by another reference: $(m.$(F))
         for m in REF.finditer(text):
