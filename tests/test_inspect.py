@@ -439,3 +439,14 @@ def test_log_shows_the_last_output(project):
     assert "about to fail" in proc.stdout and "failed" in proc.stderr
     proc = project.bb("log", "nope.txt", check=2)
     assert "no target named" in proc.stderr
+
+
+def test_a_no_op_answer_is_never_given_for_another_cache_or_executor_setup(project, tmp_path):
+    project.batchfile("out.txt:\n\techo x > $@\n")
+    project.build()
+    assert project.build() == {"out.txt": "cached"}
+    # the fast answer of a local build does not stand for a build with a shared cache or --remote
+    proc = project.bb("build", "--cache", "s3://nowhere-bucket/x", env={"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"}, check=1)
+    assert "cannot reach" in proc.stderr
+    proc = project.bb("build", "--remote", check=2)
+    assert "base image" in proc.stderr

@@ -200,7 +200,14 @@ def _stamp(args) -> str:
 
     path = os.path.abspath(_find_batchfile(args.file))
     targets, overrides = _split_overrides(args.targets)
-    identity = [path, targets, sorted(overrides.items()), args.store, os.environ.get("BB_STORE")]
+    # Everything outside the Batchfile that decides keys or where results go:
+    # a stamp of a local build must not answer for --remote, nor one made
+    # without the shared cache for a build with it.
+    env = [os.environ.get(n) for n in ("BB_STORE", "BB_CACHE", "BB_CACHE_READ_ONLY")]
+    identity = [
+        path, targets, sorted(overrides.items()), args.store, env, getattr(args, "remote", None),
+        getattr(args, "cache", None), getattr(args, "no_cache", False), getattr(args, "cache_read_only", False), getattr(args, "intermediates", None),
+    ]
     return noop.stamp_path(os.path.join(os.path.dirname(path), STATE_DIR), identity)
 
 

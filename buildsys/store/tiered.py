@@ -44,6 +44,7 @@ class TieredStore:
         self._errors: list[BaseException] = []
         self._bad: set[str] = set()  # digests whose shared copy is missing or corrupt
         self._uploaded: set[str] = set()
+        self._sending: dict = {}  # digest -> its upload (a future)
 
     # -- results --------------------------------------------------------------------
 
@@ -185,7 +186,7 @@ class TieredStore:
         digests = list(dict.fromkeys(digests))
         absent = self.remote.missing_blobs(digests) if len(digests) > LIST_ABOVE else None
         todo = [d for d in digests if absent is None or d in absent]
-        for future in [self._blob_pool.submit(self.remote.upload_blob, self.local.blob_path(d), d, force=absent is not None) for d in todo]:
+        for future in [self._send(d, force=absent is not None) for d in todo]:
             future.result()
 
     def blobs_of(self, result: ActionResult) -> list[str]:
@@ -205,11 +206,7 @@ class TieredStore:
                 absent = self.remote.missing_blobs(digests)
             if absent is not None:
                 digests = [d for d in digests if d in absent or d in self._bad]
-            blobs = [
-                self._blob_pool.submit(self.remote.upload_blob, self.local.blob_path(d), d, force=absent is not None or d in self._bad)
-                for d in digests
-            ]
-            for future in blobs:
+            for future in [self._send(d, force=absent is not None or d in self._bad) for d in digests]:
                 future.result()
             self.remote.put_result(result)  # last: it names the blobs above
             with self._guard:
@@ -217,6 +214,15 @@ class TieredStore:
                 self._uploaded.add(result.key)
         except BaseException as err:
             self._errors.append(err)
+
+    def _send(self, digest: str, force: bool):
+        """One upload per blob however many results name it; every result
+        naming it waits for that one upload before it is written."""
+        with self._guard:
+            future = self._sending.get(digest)
+            if future is None:
+                future = self._sending[digest] = self._blob_pool.submit(self.remote.upload_blob, self.local.blob_path(digest), digest, force=force)
+        return future
 
     def push(self, results, on_done=None) -> None:
         """Upload these results (and their blobs) now, concurrently; `on_done`
