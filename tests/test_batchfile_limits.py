@@ -241,7 +241,7 @@ def test_nested_outputs_from_a_loop(project):
 
 def test_a_phony_name_is_not_a_folder(project):
     project.batchfile("@phony\ncheck:\n\techo checking\n\ncheck/result.txt:\n\techo ok > $@\n")
-    proc = project.bb("build", "check/result.txt", check=0)
+    project.bb("build", "check/result.txt", check=0)
     assert project.read("check/result.txt") == "ok\n"
 
 

@@ -121,7 +121,6 @@ def main(argv=None) -> int:
         number = sum(1 for c in nb.cells[: (failing or 0) + 1] if c.cell_type == "code" and "injected-parameters" not in c.get("metadata", {}).get("tags", [])) if failing is not None else "?"
         line = ""
         if failing is not None:
-            tb = "\n".join(o.get("traceback", [""])[-1] for o in nb.cells[failing].outputs if o.get("output_type") == "error")
             m = re.findall(r"line (\d+)", re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(sum((o.get("traceback", []) for o in nb.cells[failing].outputs if o.get("output_type") == "error"), []))))
             src = nb.cells[failing].source.splitlines()
             if m and 0 < int(m[-1]) <= len(src):
