@@ -230,6 +230,11 @@ def batch_env(moto_endpoint, docker_client) -> dict:
     Pass env in containerOverrides.environment (jobs get no endpoint or
     credentials from moto, P4)."""
     _moto.set_use_docker(moto_endpoint, True)  # global in moto: never trust what another test left (P20)
+    return _queue(moto_endpoint)
+
+
+def _queue(moto_endpoint) -> dict:
+    """The test queue in moto, as the batch fixtures describe it."""
     q = _moto.batch_queue(moto_endpoint, QUEUE)
     return {
         "endpoint": moto_endpoint,
@@ -247,14 +252,6 @@ def batch_no_docker(moto_endpoint) -> dict:
     submit_job) for this one test; for API-economy tests, not for execution."""
     _moto.set_use_docker(moto_endpoint, False)
     try:
-        q = _moto.batch_queue(moto_endpoint, QUEUE)
-        yield {
-            "endpoint": moto_endpoint,
-            "queue": q["queue"],
-            "queue_arn": q["queue_arn"],
-            "compute_environment": q["compute_environment"],
-            "region": _moto.REGION,
-            "env": dict(q["env"]),
-        }
+        yield _queue(moto_endpoint)
     finally:
         _moto.set_use_docker(moto_endpoint, True)  # the mode every other test expects
