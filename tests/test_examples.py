@@ -27,11 +27,11 @@ def test_batchfile_example_parses_and_plans(tmp_path):
     shutil.copy(REPO / "Batchfile.example", ex.root / "Batchfile")
     for path in ["data/raw.csv", "data/iris.csv", "data/wine.csv", "requirements.txt",
                  "scripts/clean.py", "scripts/split.py", "scripts/train.py", "scripts/fit.py",
-                 "scripts/train_big.py", "scripts/plot.py"]:
+                 "scripts/train_big.py", "scripts/plot.py", "notebooks/evaluate.py"]:
         ex.write(path, "x\n")
     targets = json.loads(ex.bb("list", "--json", check=0).stdout)
     names = {t["target"] for t in targets}
-    assert {"results/knn-wine.json", "models/checkpoint", "plots/linear-iris.png", "all", "test"} <= names
+    assert {"results/knn-wine.json", "models/checkpoint", "plots/linear-iris.png", "all", "test", "reports/linear.html", "summaries/linear.txt"} <= names
     assert len([n for n in names if n.startswith("results/")]) == 8  # 4 models x 2 datasets
     plan = ex.bb("plan", "--no-cache", check=0)
     assert "run     results/linear-iris.json" in plan.stdout

@@ -31,7 +31,7 @@ SEEDS = [(REPO / "Batchfile.example").read_bytes(), (REPO / "examples/quickstart
 FILES = [
     "data/raw.csv", "data/iris.csv", "data/wine.csv", "data/weather.csv", "params.txt", "requirements.txt",
     "scripts/clean.py", "scripts/split.py", "scripts/train.py", "scripts/fit.py", "scripts/train_big.py",
-    "scripts/plot.py", "scripts/stats.py", "scripts/report.py", "in.txt", "data/a.csv", "data/b c.csv",
+    "scripts/plot.py", "scripts/stats.py", "scripts/report.py", "in.txt", "data/a.csv", "data/b c.csv", "notebooks/evaluate.py",
 ]
 
 TOKENS = [
