@@ -64,12 +64,15 @@ class Scheduler:
 
     def build(self, roots: list[str]) -> dict[str, TargetReport]:
         order = self.graph.closure(roots)
-        waiting = {name: len(self.graph.deps[name]) for name in order}
+        # Targets already reported (known up to date, their results in the
+        # planner: an incremental build) count as finished.
+        done = {name for name in order if name in self.reports}
+        waiting = {name: sum(1 for d in self.graph.deps[name] if d not in done) for name in order}
         dependents: dict[str, list[str]] = {name: [] for name in order}
         for name in order:
             for dep in self.graph.deps[name]:
                 dependents[dep].append(name)
-        ready = deque(name for name in order if waiting[name] == 0)
+        ready = deque(name for name in order if waiting[name] == 0 and name not in done)
         running: dict[str, int] = {}  # target -> local job slots it holds
         # Must run, waiting for a slot: a heap, deepest target first, so that
         # when slots are short the work that finishes a chain (the report of
@@ -81,7 +84,7 @@ class Scheduler:
             depth[name] = 1 + max((depth[d] for d in self.graph.deps[name]), default=0)
         free = self.jobs
         stopping = False
-        self.ui.begin(len(order))
+        self.ui.begin(len(order) - len(done))
 
         def release(name: str):
             for d in dependents[name]:
@@ -263,6 +266,7 @@ class Scheduler:
                     self.ui.note(f"restored {path} from the store")
             except CorruptEntry as err:
                 self._unusable(name, str(err))
+                del self.reports[name]
                 broken.append(name)
         if broken:
             self.build(broken)
