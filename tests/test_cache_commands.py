@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 
+import localstore
 from conftest import Project, statuses
 
 PIPELINE = """
@@ -77,13 +78,12 @@ def test_verify_finds_corrupt_blobs_locally_and_in_s3(project, s3, tmp_path):
     alice = person(tmp_path, "alice", s3)
     alice.build(env=alice.env)
     assert alice.bb("cache", "verify", env=alice.env, check=0).stdout.strip().endswith("0 corrupt blob(s)")
-    blob = next(p for p in (alice.root / ".bb" / "cas").rglob("*") if p.is_file())
-    blob.chmod(0o644)
-    blob.write_bytes(b"bitrot")
+    digest = next(iter(localstore.blobs(alice.root / ".bb")))
+    localstore.overwrite_blob(alice.root / ".bb", digest, b"bitrot")
     proc = alice.bb("cache", "verify", env=alice.env, check=1)
-    assert f"corrupt local blob {blob.name}" in proc.stdout
+    assert f"corrupt local blob {digest}" in proc.stdout
     alice.bb("cache", "verify", "--delete", env=alice.env, check=0)
-    assert not blob.exists()
+    assert digest not in localstore.blobs(alice.root / ".bb")
     key = s3.keys("cas/")[0]
     s3.put(key, b"tampered")
     proc = alice.bb("cache", "verify", "--shared", env=alice.env, check=1)

@@ -24,6 +24,7 @@ from typing import Callable
 
 import pytest
 
+import localstore
 from conftest import S3, Project
 
 PIPELINE = """
@@ -250,37 +251,14 @@ FORGERIES = {
 
 
 def local_tools(p: Project, canaries: Canaries) -> Tools:
-    cas = p.root / ".bb" / "cas"
-
-    def get_blob(d):
-        return (cas / d[:2] / d).read_bytes()
-
-    def put_blob(data):
-        d = _hash(data)
-        path = cas / d[:2] / d
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
-            path.chmod(0o444)
-        return d
-
-    return Tools(canaries, get_blob, put_blob)
-
-
-def local_results(p: Project) -> dict[str, Path]:
-    """target -> the file of its action result in the local store."""
-    out = {}
-    for f in (p.root / ".bb" / "ac").rglob("*"):
-        if f.is_file() and not f.name.startswith("."):
-            out[json.loads(f.read_bytes())["action"]["target"]] = f
-    return out
+    store = p.root / ".bb"
+    return Tools(canaries, lambda d: localstore.blobs(store)[d], lambda data: localstore.put_blob(store, data))
 
 
 def forge_local(p: Project, target: str, forge, tools: Tools) -> None:
-    f = local_results(p)[target]
-    forged = forge(copy.deepcopy(json.loads(f.read_bytes())), tools)
-    f.chmod(0o644)
-    f.write_text(json.dumps(forged))
+    result = localstore.results_by_target(p.root / ".bb")[target]
+    forged = forge(copy.deepcopy(result), tools)
+    localstore.write_result(p.root / ".bb", result["key"], json.dumps(forged).encode())
 
 
 def forget_workspace(p: Project, *targets) -> None:

@@ -7,8 +7,8 @@ import os
 import re
 import subprocess
 import sys
-import time
 
+import localstore
 from conftest import statuses
 
 PIPELINE = """\
@@ -253,18 +253,11 @@ def test_clean_purge_rebuilds(project, tmp_path):
 
 
 def _age_store(project, days=3):
-    old = time.time() - days * 86400
-    n = 0
-    for sub in ("ac", "cas"):
-        for dirpath, _dirs, files in os.walk(project.root / ".bb" / sub):
-            for f in files:
-                os.utime(os.path.join(dirpath, f), (old, old))
-                n += 1
-    assert n > 0, "the store should have entries to age"
+    assert localstore.age(project.root / ".bb", days * 86400) > 0, "the store should have entries to age"
 
 
 def _results(project) -> int:
-    return sum(len(files) for _d, _s, files in os.walk(project.root / ".bb" / "ac"))
+    return len(localstore.results(project.root / ".bb"))
 
 
 def test_gc_keeps_current_builds(project, tmp_path):
@@ -293,8 +286,7 @@ def test_gc_include_current(project, tmp_path):
     _age_store(project)
     project.bb("cache", "gc", "--max-age", "0s", "--include-current", check=0)
     assert _results(project) == 0
-    blobs = sum(len(files) for _d, _s, files in os.walk(project.root / ".bb" / "cas"))
-    assert blobs == 0
+    assert localstore.blobs(project.root / ".bb") == {}
     assert project.build() == {"a.txt": "built"}
     assert runs(counter) == 2
 

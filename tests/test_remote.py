@@ -10,6 +10,7 @@ import re
 import boto3
 import pytest
 
+import localstore
 from conftest import Project, statuses
 
 FANOUT = """
@@ -154,7 +155,7 @@ def test_docker_backend_runs_the_worker_in_the_image_on_this_machine(tmp_path, b
     remember_images(project, built_images)
     assert set(report.values()) == {"built"}, project.last_proc.stderr
     assert project.read("out/2.txt") == "abc\n2\n"
-    results = [json.loads(p.read_bytes()) for p in (project.root / ".bb" / "ac").rglob("*") if p.is_file()]
+    results = list(localstore.results(project.root / ".bb").values())
     assert {r["provenance"]["executor"] for r in results} == {"docker"}
     assert project.build("--remote", "docker", "out/1.txt", "out/2.txt") == {"out/1.txt": "cached", "out/2.txt": "cached"}
 

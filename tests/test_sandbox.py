@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import localstore
 from conftest import BB_CMD
 
 PIPELINE = """
@@ -55,25 +56,19 @@ def test_the_worker_runs_an_action_from_the_store(project):
     write_project(project)
     project.batchfile(PIPELINE.replace("src/clean.py\n", "src/clean.py src/helper.py\n", 1))
     project.build("--sandbox", "out/clean.csv")
-    from buildsys.digest import hash_bytes
     from buildsys.keys.action import Action
 
-    stored = [json.loads(p.read_bytes()) for p in (project.root / ".bb" / "ac").rglob("*") if p.is_file()]
+    stored = list(localstore.results(project.root / ".bb").values())
     action = Action.from_json(stored[0]["action"])
-    data = action.to_bytes()
-    digest = hash_bytes(data)
-    (project.root / ".bb" / "cas" / digest[:2]).mkdir(parents=True, exist_ok=True)
-    (project.root / ".bb" / "cas" / digest[:2] / digest).write_bytes(data)
+    digest = localstore.put_blob(project.root / ".bb", action.to_bytes())
     proc = subprocess.run([sys.executable, "-m", "buildsys.worker", "--store", str(project.root / ".bb"), "--action", digest], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "already built" in proc.stdout  # its key is in the store: it runs nothing
-    for path in (project.root / ".bb" / "ac").rglob("*"):
-        if path.is_file():
-            path.unlink()
+    localstore.delete_results(project.root / ".bb")
     proc = subprocess.run([sys.executable, "-m", "buildsys.worker", "--store", str(project.root / ".bb"), "--action", digest], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "done" in proc.stdout
-    stored = [json.loads(p.read_bytes()) for p in (project.root / ".bb" / "ac").rglob("*") if p.is_file()]
+    stored = list(localstore.results(project.root / ".bb").values())
     assert stored and stored[0]["key"] == action.key() and stored[0]["provenance"]["executor"] == "container"
     proc = subprocess.run(BB_CMD + ["build", "--json", "out/clean.csv"], cwd=project.root, capture_output=True, text=True)
     assert json.loads(proc.stdout)["targets"][0]["status"] == "cached"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import stat
 
+import localstore
 from conftest import statuses
 
 SIMPLE = """
@@ -16,32 +17,39 @@ SIMPLE = """
 """
 
 
-def store_files(project, kind):
-    return [p for p in (project.root / ".bb" / kind).rglob("*") if p.is_file()]
+def store(project):
+    return project.root / ".bb"
 
 
 def test_layout_blobs_and_results(project):
-    project.batchfile(SIMPLE)
+    project.batchfile(SIMPLE + """
+    big.bin: in.txt
+        head -c 200000 /dev/zero | tr '\\0' x > $@
+""")
     project.write("in.txt", "abc\n")
-    project.build("out.txt")
-    blobs = store_files(project, "cas")
-    results = store_files(project, "ac")
-    assert len(results) == 2
-    for blob in blobs:
+    project.build("out.txt", "big.bin")
+    results = localstore.results(store(project))
+    assert len(results) == 3
+    for key, result in results.items():
+        assert {"key", "outputs", "exit_code", "action"} <= result.keys() and result["key"] == key
+    # small outputs live in store.db: no file per task; a large one is a read-only file in cas/
+    files = [p for p in (store(project) / "cas").rglob("*") if p.is_file()]
+    assert [f.stat().st_size for f in files] == [200000]
+    for blob in files:
         assert blob.parent.name == blob.name[:2] and len(blob.name) == 64
         assert not blob.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH), "blobs are read-only"
-    result = json.loads(results[0].read_text())
-    assert {"key", "outputs", "exit_code", "action"} <= result.keys()
+    assert {o["digest"] for r in results.values() for o in r["outputs"]} <= set(localstore.blobs(store(project)))
     # workspace outputs are copies, not links to blobs
     assert (project.root / "out.txt").stat().st_nlink == 1
+    assert (project.root / "big.bin").stat().st_nlink == 1
 
 
 def test_corrupt_action_result_is_a_miss_and_is_rebuilt(project):
     project.batchfile(SIMPLE)
     project.write("in.txt", "abc\n")
     project.build("out.txt")
-    for result in store_files(project, "ac"):
-        result.write_text("{not json")
+    for key in localstore.results(store(project)):
+        localstore.write_result(store(project), key, b"{not json")
     (project.root / ".bb" / "last-builds.json").unlink()
     (project.root / "out.txt").unlink()
     report = project.build("out.txt")
@@ -57,9 +65,8 @@ def test_corrupt_blob_is_detected_and_rebuilt(project):
     project.write("in.txt", "abc\n")
     project.build("out.txt")
     expected = project.read("out.txt")
-    for blob in store_files(project, "cas"):
-        blob.chmod(0o644)
-        blob.write_bytes(b"garbage")
+    for digest in localstore.blobs(store(project)):
+        localstore.overwrite_blob(store(project), digest, b"garbage")
     (project.root / "out.txt").unlink()
     report = project.build("out.txt")
     assert "does not match its digest" in project.last_proc.stderr and "Traceback" not in project.last_proc.stderr
@@ -73,11 +80,10 @@ def test_forged_result_with_escaping_path_is_ignored(project, tmp_path):
     project.write("in.txt", "abc\n")
     project.build("out.txt")
     (project.root / ".bb" / "last-builds.json").unlink()
-    for path in store_files(project, "ac"):
-        result = json.loads(path.read_text())
+    for key, result in localstore.results(store(project)).items():
         for out in result["outputs"]:
             out["path"] = "../../escaped.txt"
-        path.write_text(json.dumps(result))
+        localstore.write_result(store(project), key, json.dumps(result).encode())
     (project.root / "out.txt").unlink()
     report = project.build("out.txt")
     assert report["out.txt"] == "built"
@@ -122,21 +128,53 @@ def test_store_location_from_flag_env_and_setting(project, tmp_path):
     project.batchfile(SIMPLE)
     project.write("in.txt", "abc\n")
     project.bb("build", "out.txt", "--store", str(tmp_path / "flagstore"), check=0)
-    assert list((tmp_path / "flagstore" / "ac").rglob("*"))
+    assert localstore.results(tmp_path / "flagstore")
     project.bb("build", "out.txt", env={"BB_STORE": str(tmp_path / "envstore")}, check=0)
-    assert list((tmp_path / "envstore" / "ac").rglob("*"))
+    assert localstore.results(tmp_path / "envstore")
     project.batchfile("settings:\n    store = " + str(tmp_path / "settingstore") + "\n" + SIMPLE.replace("\n    ", "\n"))
     project.bb("build", "out.txt", check=0)
-    assert list((tmp_path / "settingstore" / "ac").rglob("*"))
+    assert localstore.results(tmp_path / "settingstore")
 
 
 def test_interrupted_write_leaves_no_partial_blob(project):
-    # A temp file left by a killed writer is neither a blob nor a result.
+    # A temp file left by a killed writer of a large blob is not a blob.
     project.batchfile(SIMPLE)
     project.write("in.txt", "abc\n")
     project.build("out.txt")
-    shard = store_files(project, "ac")[0].parent
-    (shard / ".tmp.999.1").write_text("partial")
+    (store(project) / "cas").mkdir(exist_ok=True)
+    (store(project) / "cas" / ".tmp.999.1").write_text("partial")
     assert statuses(project.build("out.txt", "-B"), "built") == {"mid.txt", "out.txt"}
     proc = project.bb("cache", "gc", "--max-age", "1000d", check=0)
     assert "removed 0 action result(s)" in proc.stdout
+
+
+def test_a_damaged_database_is_set_aside_and_rebuilt(project):
+    project.batchfile(SIMPLE)
+    project.write("in.txt", "abc\n")
+    project.build("out.txt")
+    db = store(project) / "store.db"
+    db.write_bytes(b"this is not an SQLite database" * 100)
+    (project.root / ".bb" / "last-builds.json").unlink()
+    (project.root / "out.txt").unlink()
+    report = project.build("out.txt")
+    assert statuses(report, "built") == {"mid.txt", "out.txt"}
+    stderr = project.last_proc.stderr
+    assert "is not a database; moved it to" in stderr and "Traceback" not in stderr
+    kept = [p for p in store(project).iterdir() if p.name.startswith("store.db.damaged-")]
+    assert [p.read_bytes()[:30] for p in kept] == [b"this is not an SQLite database"], "the damaged file is kept"
+    assert project.read("out.txt") == "ABC\nABC\n"
+    assert project.bb("cache", "verify", check=0).stdout.strip().endswith("0 corrupt blob(s)")
+
+
+def test_verify_reports_a_database_damaged_inside(project):
+    project.batchfile(SIMPLE)
+    project.write("in.txt", "abc\n")
+    project.build("out.txt")
+    db = store(project) / "store.db"
+    data = bytearray(db.read_bytes())
+    page = 4096
+    assert len(data) > 2 * page
+    data[page + 8: 2 * page] = b"\xff" * (page - 8)  # a page's contents, past the header
+    db.write_bytes(bytes(data))
+    proc = project.bb("cache", "verify", check=1)
+    assert "is damaged" in proc.stdout and "move it aside" in proc.stdout

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+import localstore
 from conftest import BB_CMD, Project
 
 ORPHAN_GRACE = 10.0  # seconds a supervisor may take to kill recipes after bb died
@@ -307,23 +308,17 @@ def check_recorded_results(project: Project, inputs: dict[str, list[str]], sourc
     """Every action result in the store names blobs that are there, and each
     output is exactly what the recipe makes from the inputs that result
     records: nothing half-written or mismatched was ever recorded. (Reads the
-    store layout of DESIGN.md: cas/<d[:2]>/<digest>, ac/<k[:2]>/<key> JSON.)"""
+    store as its layout says: tests/localstore.py.)"""
     from blake3 import blake3
 
     store = project.root / ".bb"
-    blobs: dict[str, bytes] = {}
-    for path in (store / "cas").rglob("*"):
-        if path.is_file() and ".tmp" not in path.name:
-            data = path.read_bytes()
-            assert blake3(data).hexdigest() == path.name, f"corrupt blob {path}"
-            blobs[path.name] = data
+    blobs = localstore.blobs(store)
+    for digest, data in blobs.items():
+        assert blake3(data).hexdigest() == digest, f"corrupt blob {digest}"
     for data in sources:
         blobs[blake3(data).hexdigest()] = data
     checked = 0
-    for path in (store / "ac").rglob("*"):
-        if not path.is_file() or ".tmp" in path.name:
-            continue
-        result = json.loads(path.read_text())
+    for result in localstore.results(store).values():
         action = result["action"]
         name = action["target"]
         digests = {entry[0]: entry[1] for entry in action["inputs"]}  # [path, digest, ...]

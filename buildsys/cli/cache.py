@@ -145,7 +145,7 @@ def ls(args) -> int:
         if r.key is None:
             rows.append((name, "-", "unknown until its inputs are built"))
             continue
-        local = os.path.exists(local_store.result_path(r.key))
+        local = local_store.has_result(r.key)
         shared = tiered and ctx.store.shared_has(r.key)
         where = " + ".join(w for w, ok in (("local", local), ("shared", shared)) if ok) or "missing"
         rows.append((name, r.key[:16], where))
@@ -170,7 +170,7 @@ def _stores(args):
 def stats(args) -> int:
     ctx, tiered, local = _stores(args)
     results = sum(1 for _ in local.results())
-    blobs = [(st.st_size) for _, _, st in local.blobs()]
+    blobs = [size for _, size, _ in local.blobs()]
     print(f"local store  {local.root}: {results} result(s), {len(blobs)} blob(s), {_human(sum(blobs))}")
     if tiered:
         remote = ctx.store.remote
@@ -188,13 +188,18 @@ def verify(args) -> int:
     ctx, tiered, local = _stores(args)
     bad = []
     if not args.shared:
+        problem = local.check_database()
+        if problem:
+            print(f"the local store's database {local.db_path} is damaged: {problem}")
+            print("  move it aside (results in it are rebuilt or fetched again), then run 'bb cache verify' again")
+            return 1
         blobs = list(local.blobs())
         progress = _Progress(len(blobs), "verifying local blobs")
-        for digest, path, _ in blobs:
+        for digest, _, _ in blobs:
             if not local.verify_blob(digest):
                 bad.append(("local", digest))
                 if args.delete:
-                    local.remove(path)
+                    local.discard(digest)
             progress.step()
         progress.close()
     else:

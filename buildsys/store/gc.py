@@ -78,10 +78,10 @@ class LocalBackend(_Backend):
         self.manifest = lambda d: read_manifest(store, d)
 
     def results(self):
-        return ((key, st.st_mtime) for key, _, st in self.store.results())
+        return self.store.results()
 
     def blobs(self):
-        return ((d, st.st_size, st.st_mtime) for d, _, st in self.store.blobs())
+        return self.store.blobs()
 
     def referenced(self, key):
         try:
@@ -91,12 +91,10 @@ class LocalBackend(_Backend):
         return _names(result, self.manifest)
 
     def delete_results(self, keys):
-        for k in keys:
-            self.store.remove(self.store.result_path(k))
+        self.store.remove_results(keys)
 
     def delete_blobs(self, digests):
-        for d in digests:
-            self.store.remove(self.store.blob_path(d))
+        self.store.remove_blobs(digests)
 
 
 class SharedBackend(_Backend):

@@ -1,14 +1,24 @@
 """The local store: a CAS and an action cache in a folder on this machine.
 
-    <root>/cas/<d[:2]>/<digest>    blobs, immutable, written once
-    <root>/ac/<k[:2]>/<key>        action results (JSON), written last
+    <root>/store.db               SQLite (WAL): action results, and blobs of
+                                  up to INLINE_MAX bytes
+    <root>/cas/<d[:2]>/<digest>   larger blobs, immutable, written once
+    <root>/claims                 byte-range locks of the actions running now
+
+Creating a file costs more than a trivial recipe on many disks, so a task
+whose outputs are small costs one SQLite transaction per write and creates
+no file (the Remote Execution API inlines small outputs for the same reason).
+SQLite gives what a file per entry gave: a write is whole or absent after a
+crash or kill -9, and many processes may share the store.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import stat as statmod
+import sys
 import threading
 import time
 
@@ -16,6 +26,8 @@ from blake3 import blake3
 
 from buildsys.digest import CHUNK, hash_bytes, hash_file, is_digest, signature
 from buildsys.store.api import ActionResult, CorruptEntry
+
+INLINE_MAX = 64 << 10  # bytes: blobs up to this size live in store.db
 
 
 class FileChanged(Exception):
@@ -70,23 +82,70 @@ class LocalStore:
     def __init__(self, root: str):
         self.root = root
         self.cas = os.path.join(root, "cas")
-        self.ac = os.path.join(root, "ac")
+        self.db_path = os.path.join(root, "store.db")
         self._made: set[str] = set()  # shard folders known to exist
-        # Listings of action-cache shards, read once: a miss then costs no
-        # open() (100,000 misses would cost seconds). A result written since by
-        # another process is missed at worst, which only means a rebuild.
-        self._listed: dict[str, set[str]] = {}
+        self._conn = None  # opened on first use: a no-op build never opens it
+        self._lock = threading.Lock()  # one connection, shared by bb's threads
         self._claims: int | None = None  # the file whose byte ranges are locked per running action
 
+    # -- the database -----------------------------------------------------------
+
+    def _db(self):
+        if self._conn is None:
+            with self._lock:
+                if self._conn is None:
+                    self._conn = self._open()
+        return self._conn
+
+    def _open(self):
+        import sqlite3
+
+        os.makedirs(self.root, exist_ok=True)
+        for attempt in (1, 2):
+            conn = sqlite3.connect(self.db_path, timeout=120, isolation_level=None, check_same_thread=False)
+            try:
+                # WAL: readers never wait for a writer. synchronous=normal:
+                # a commit survives any crash of bb (it is in the OS's cache);
+                # only a power cut can lose the last ones, never consistency.
+                conn.execute("pragma journal_mode=wal")
+                conn.execute("pragma synchronous=normal")
+                conn.execute("create table if not exists results (key text primary key, data blob not null, written real not null)")
+                conn.execute("create table if not exists blobs (digest text primary key, data blob not null, written real not null)")
+                return conn
+            except sqlite3.DatabaseError as err:
+                conn.close()
+                if attempt == 2 or getattr(err, "sqlite_errorcode", None) != sqlite3.SQLITE_NOTADB:
+                    raise _os_error(err, self.db_path) from None
+                self._set_aside_db()
+        raise AssertionError("unreachable")
+
+    def _set_aside_db(self) -> None:
+        """store.db is not a database (overwritten or truncated by something
+        else): keep it for inspection and start an empty one."""
+        dest = f"{self.db_path}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
+        os.replace(self.db_path, dest)
+        for suffix in ("-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.db_path + suffix)
+        print(f"bb: warning: the local store's database {self.db_path} is not a database; moved it to {dest} and started an empty one (results in it are rebuilt or fetched again)", file=sys.stderr)
+
+    def _query(self, sql: str, params=()) -> list:
+        import sqlite3
+
+        conn = self._db()
+        try:
+            with self._lock:
+                return conn.execute(sql, params).fetchall()
+        except sqlite3.DatabaseError as err:
+            raise _os_error(err, self.db_path) from None
+
+    # -- blobs ------------------------------------------------------------------
+
     def blob_path(self, digest: str) -> str:
+        """Where a large blob's file is (small ones are in store.db)."""
         if not is_digest(digest):  # never a path from a name that is not a digest
             raise CorruptEntry(f"'{str(digest)[:20]}' is not a digest")
         return f"{self.cas}/{digest[:2]}/{digest}"
-
-    def result_path(self, key: str) -> str:
-        if not is_digest(key):
-            raise CorruptEntry(f"'{str(key)[:20]}' is not an action key")
-        return f"{self.ac}/{key[:2]}/{key}"
 
     def _shard(self, final: str) -> None:
         parent = os.path.dirname(final)
@@ -94,21 +153,23 @@ class LocalStore:
             os.makedirs(parent, exist_ok=True)
             self._made.add(parent)
 
-    def _atomic(self, final: str, write) -> None:
-        self._shard(final)
-        tmp = os.path.join(os.path.dirname(final), f".tmp.{os.getpid()}.{time.monotonic_ns()}")
-        try:
-            write(tmp)
-            os.replace(tmp, final)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+    def _inline(self, digest: str) -> bytes | None:
+        if not is_digest(digest):
+            raise CorruptEntry(f"'{str(digest)[:20]}' is not a digest")
+        rows = self._query("select data from blobs where digest = ?", (digest,))
+        return bytes(rows[0][0]) if rows else None
+
+    def _put_inline(self, digest: str, data: bytes) -> None:
+        # replace, not ignore: a row found damaged earlier is healed
+        self._query("insert or replace into blobs values (?, ?, ?)", (digest, data, time.time()))
 
     def has_blob(self, digest: str) -> bool:
-        return os.path.exists(self.blob_path(digest))
+        return bool(self._query("select 1 from blobs where digest = ?", (digest,))) or os.path.exists(self.blob_path(digest))
+
+    def temp_path(self) -> str:
+        """A fresh temporary file name inside the store (for a download)."""
+        self._shard(self.cas + "/x")
+        return f"{self.cas}/.tmp.{os.getpid()}.{threading.get_ident()}.{time.monotonic_ns()}"
 
     def put_file(self, path: str) -> tuple[str, os.stat_result]:
         """Copy a file into the CAS, hashing the bytes as they are written, so
@@ -119,12 +180,18 @@ class LocalStore:
             st = os.fstat(src)
             if not statmod.S_ISREG(st.st_mode):
                 raise IsADirectoryError(path)
-            self._shard(self.cas + "/x")
-            tmp = f"{self.cas}/.tmp.{os.getpid()}.{threading.get_ident()}.{time.monotonic_ns()}"
+            if st.st_size <= INLINE_MAX:
+                data = os.read(src, INLINE_MAX + 1)
+                if len(data) != st.st_size or signature(os.fstat(src)) != signature(st):
+                    raise FileChanged(path)
+                digest = hash_bytes(data)
+                self._put_inline(digest, data)
+                return digest, st
+            tmp = self.temp_path()
             dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
             try:
                 h = blake3()
-                buf = bytearray(min(CHUNK, max(st.st_size, 1 << 16)))
+                buf = bytearray(min(CHUNK, st.st_size))
                 view = memoryview(buf)
                 with open(src, "rb", buffering=0, closefd=False) as f:
                     while n := f.readinto(buf):
@@ -143,10 +210,8 @@ class LocalStore:
             except BaseException:
                 if dst >= 0:
                     os.close(dst)
-                try:
+                with contextlib.suppress(OSError):
                     os.unlink(tmp)
-                except OSError:
-                    pass
                 raise
         finally:
             os.close(src)
@@ -154,30 +219,69 @@ class LocalStore:
 
     def put_bytes(self, data: bytes) -> str:
         digest = hash_bytes(data)
-        final = self.blob_path(digest)
-        if os.path.exists(final):
+        if len(data) <= INLINE_MAX:
+            self._put_inline(digest, data)
             return digest
-
-        def write(tmp):
-            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444), "wb") as f:
-                f.write(data)
-
-        self._atomic(final, write)
+        final = self.blob_path(digest)
+        if not os.path.exists(final):
+            self.adopt(digest, self._write_temp(data))
         return digest
 
+    def _write_temp(self, data: bytes) -> str:
+        tmp = self.temp_path()
+        try:
+            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444), "wb") as f:
+                f.write(data)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        return tmp
+
+    def adopt(self, digest: str, tmp: str) -> None:
+        """Take a verified temporary file (from temp_path) in as the blob
+        `digest`; the temporary file is gone afterwards."""
+        try:
+            if os.path.getsize(tmp) <= INLINE_MAX:
+                with open(tmp, "rb") as f:
+                    self._put_inline(digest, f.read())
+            else:
+                os.chmod(tmp, 0o444)
+                final = self.blob_path(digest)
+                self._shard(final)
+                os.replace(tmp, final)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
     def read_bytes(self, digest: str) -> bytes:
+        data = self._inline(digest)
+        if data is not None:
+            return data
         with open(self.blob_path(digest), "rb") as f:
             return f.read()
 
+    def blob_source(self, digest: str) -> bytes | str:
+        """What an upload reads: a small blob's bytes, or a large one's file."""
+        data = self._inline(digest)
+        return data if data is not None else self.blob_path(digest)
+
     def fetch(self, digest: str, dest: str) -> None:
-        _clone(self.blob_path(digest), dest)
+        data = self._inline(digest)
+        if data is None:
+            _clone(self.blob_path(digest), dest)
+            return
+        with open(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), "wb") as f:
+            f.write(data)
 
     def fetch_many(self, digests) -> None:
         """Blobs are already here."""
 
     def discard(self, digest: str) -> None:
         """Remove a blob found corrupt."""
-        self.remove(self.blob_path(digest))
+        self.remove_blobs([digest])
+
+    # -- action results -----------------------------------------------------------
 
     @contextlib.contextmanager
     def claim(self, key: str, give_up):
@@ -209,53 +313,86 @@ class LocalStore:
             fcntl.lockf(self._claims, fcntl.LOCK_UN, 1, offset)
 
     def get_result(self, key: str, fresh: bool = False) -> ActionResult | None:
-        """`fresh`: look on disk even if the shard was listed before (a result
-        another process wrote just now)."""
-        shard = key[:2]
-        listed = None if fresh else self._listed.get(shard)
-        if listed is None:
-            try:
-                listed = self._listed[shard] = set(os.listdir(f"{self.ac}/{shard}"))
-            except FileNotFoundError:
-                listed = self._listed[shard] = set()
-        if key not in listed:
-            return None
+        """`fresh` is for stores that cache listings; this one always reads."""
+        if not is_digest(key):
+            raise CorruptEntry(f"'{str(key)[:20]}' is not an action key")
         try:
-            with open(self.result_path(key), "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            return None
-        return ActionResult.parse(data, key, self.ac)
+            rows = self._query("select data from results where key = ?", (key,))
+        except OSError as err:
+            raise CorruptEntry(f"the local store cannot be read ({err})") from None
+        return ActionResult.parse(bytes(rows[0][0]), key, self.db_path) if rows else None
+
+    def has_result(self, key: str) -> bool:
+        return bool(self._query("select 1 from results where key = ?", (key,)))
 
     def put_result(self, result: ActionResult) -> None:
-        data = result.to_bytes()
-        listed = self._listed.get(result.key[:2])
-        if listed is not None:
-            listed.add(result.key)
-
-        def write(tmp):
-            with open(tmp, "wb") as f:
-                f.write(data)
-
-        self._atomic(self.result_path(result.key), write)
+        if not is_digest(result.key):
+            raise CorruptEntry(f"'{str(result.key)[:20]}' is not an action key")
+        self._query("insert or replace into results values (?, ?, ?)", (result.key, result.to_bytes(), time.time()))
 
     # -- maintenance ----------------------------------------------------------
 
     def blobs(self):
-        """(digest, path, stat) of every blob."""
-        yield from _walk(self.cas)
+        """(digest, size, time written) of every blob."""
+        yield from self._query("select digest, length(data), written from blobs")
+        for digest, _, st in _walk(self.cas):
+            yield digest, st.st_size, st.st_mtime
 
     def results(self):
-        yield from _walk(self.ac)
+        """(key, time written) of every action result."""
+        yield from self._query("select key, written from results")
 
     def verify_blob(self, digest: str) -> bool:
-        return hash_file(self.blob_path(digest)) == digest
+        data = self._inline(digest)
+        return (hash_bytes(data) if data is not None else hash_file(self.blob_path(digest))) == digest
 
-    def remove(self, path: str) -> None:
+    def check_database(self) -> str:
+        """'' if store.db is sound, else what SQLite found wrong."""
+        if not os.path.exists(self.db_path):
+            return ""
         try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+            rows = self._query("pragma quick_check")
+        except OSError as err:
+            return str(err.strerror or err)
+        found = "; ".join(str(r[0]) for r in rows)
+        return "" if found == "ok" else found
+
+    def remove_results(self, keys) -> None:
+        self._query_many("delete from results where key = ?", keys)
+
+    def remove_blobs(self, digests) -> None:
+        digests = list(digests)
+        self._query_many("delete from blobs where digest = ?", digests)
+        for digest in digests:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.blob_path(digest))
+
+    def _query_many(self, sql: str, values) -> None:
+        import sqlite3
+
+        conn = self._db()
+        try:
+            with self._lock:
+                conn.execute("begin immediate")
+                try:
+                    conn.executemany(sql, ((v,) for v in values))
+                    conn.execute("commit")
+                except BaseException:
+                    conn.execute("rollback")
+                    raise
+        except sqlite3.DatabaseError as err:
+            raise _os_error(err, self.db_path) from None
+
+
+def _os_error(err, path: str) -> OSError:
+    """An SQLite error as the OSError callers already handle: a full disk is
+    ENOSPC (bb's message says how to free space), anything else EIO."""
+    import sqlite3
+
+    code = getattr(err, "sqlite_errorcode", None)
+    if code == sqlite3.SQLITE_FULL:
+        return OSError(errno.ENOSPC, "No space left on device", path)
+    return OSError(errno.EIO, f"{err} (the store's database; 'bb cache verify' checks it)", path)
 
 
 def _walk(top: str):

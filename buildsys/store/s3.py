@@ -221,19 +221,22 @@ class S3Store:
                 raise _explain(err, self.url, "listing blobs") from None
         return wanted - present
 
-    def upload_blob(self, path: str, digest: str, force: bool = False) -> bool:
-        """Upload unless present (force: replace a copy found corrupt); True if bytes were sent."""
+    def upload_blob(self, source: bytes | str, digest: str, force: bool = False) -> bool:
+        """Upload a blob's bytes, or the file at `source`, unless present
+        (force: replace a copy found corrupt); True if bytes were sent."""
         if not force and self.has_blob(digest):
             return False
-        size = os.path.getsize(path)
-        if size < SMALL:
-            with open(path, "rb") as f:
+        if isinstance(source, bytes):
+            size = len(source)
+            self._call("uploading a blob", self.client.put_object, Key=self.blob_key(digest), Body=source)
+        elif (size := os.path.getsize(source)) < SMALL:
+            with open(source, "rb") as f:
                 self._call("uploading a blob", self.client.put_object, Key=self.blob_key(digest), Body=f.read())
         else:
             from boto3.s3.transfer import TransferConfig
 
             try:
-                self.client.upload_file(path, self.url.bucket, self.blob_key(digest), Config=TransferConfig(multipart_threshold=SMALL, multipart_chunksize=SMALL, max_concurrency=8))
+                self.client.upload_file(source, self.url.bucket, self.blob_key(digest), Config=TransferConfig(multipart_threshold=SMALL, multipart_chunksize=SMALL, max_concurrency=8))
             except Exception as err:  # boto3's transfer wraps errors in its own types
                 raise _explain(getattr(err, "last_exception", None) or err, self.url, "uploading a blob") from None
         with self._lock:

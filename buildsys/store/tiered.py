@@ -78,7 +78,7 @@ class TieredStore:
         for keys the local store lacks)."""
         missing = [
             k for k in dict.fromkeys(keys)
-            if k not in self._remote_results and k not in self._bundle and (even_local or not os.path.exists(self.local.result_path(k)))
+            if k not in self._remote_results and k not in self._bundle and (even_local or not self.local.has_result(k))
         ]
         if len(missing) > 1:
             list(self._pool.map(self._quiet_fetch, missing))
@@ -141,16 +141,14 @@ class TieredStore:
         with lock:  # one download per blob, however many targets want it
             if self.local.has_blob(digest):
                 return
-            tmp = self.local.blob_path(digest) + f".tmp.{os.getpid()}.{threading.get_ident()}"
-            os.makedirs(os.path.dirname(tmp), exist_ok=True)
+            tmp = self.local.temp_path()
             try:
                 try:
                     self.remote.download_blob(digest, tmp)
                 except CorruptEntry:
                     self._bad.add(digest)  # replace it when this digest is uploaded next
                     raise
-                os.chmod(tmp, 0o444)
-                os.replace(tmp, self.local.blob_path(digest))
+                self.local.adopt(digest, tmp)
             finally:
                 if os.path.exists(tmp):
                     os.unlink(tmp)
@@ -221,7 +219,7 @@ class TieredStore:
         with self._guard:
             future = self._sending.get(digest)
             if future is None:
-                future = self._sending[digest] = self._blob_pool.submit(self.remote.upload_blob, self.local.blob_path(digest), digest, force=force)
+                future = self._sending[digest] = self._blob_pool.submit(self.remote.upload_blob, self.local.blob_source(digest), digest, force=force)
         return future
 
     def push(self, results, on_done=None) -> None:
