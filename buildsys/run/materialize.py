@@ -29,7 +29,28 @@ def output_path(root: str, rel: str) -> str:
             f"a stored result names the path '{rel}', which is outside the workspace; it was not written.",
             hint="The store holds a corrupt or forged entry: run 'bb cache verify --delete', and check who writes to the store.",
         )
-    full = os.path.join(root, rel.rstrip("/"))
+    bare = rel.rstrip("/")
+    full = os.path.join(root, bare)
+    # Only the folders below the root can lead out (the root is where bb was
+    # asked to work), so each is lstat'ed rather than resolving the whole
+    # path from '/'. Nothing is remembered between calls: a recipe may swap a
+    # folder for a symlink at any time.
+    here = root
+    for part in bare.split("/")[:-1]:
+        here = os.path.join(here, part)
+        try:
+            mode = os.lstat(here).st_mode
+        except OSError:
+            break  # nothing below exists yet: nothing to write through
+        if statmod.S_ISLNK(mode):
+            _refuse_leaving(root, rel, full)  # rare: resolve it the slow way
+            break
+        if not statmod.S_ISDIR(mode):
+            break  # writing below a file fails by itself
+    return full
+
+
+def _refuse_leaving(root: str, rel: str, full: str) -> None:
     real_root = os.path.realpath(root)
     parent = os.path.realpath(os.path.dirname(full))
     if parent != real_root and not parent.startswith(real_root + os.sep):
@@ -37,7 +58,6 @@ def output_path(root: str, rel: str) -> str:
             f"the output '{rel}' would be written outside the workspace, to '{parent}', because a folder on its path is a symlink.",
             hint="bb does not write or delete through symlinks that leave the workspace: replace the symlink with a real folder, or declare the output elsewhere.",
         )
-    return full
 
 
 class OutputMissing(Exception):
