@@ -108,6 +108,7 @@ class Planner:
         self._code: dict[str, list[str]] = {}  # target -> Python files it runs that it does not declare
         self._imports = None  # keys.imports.ImportCache, made when first needed
         self._notebooks: set[str] | None = None
+        self._recipe_env: dict[int, dict] = {}  # job slots -> what every recipe sees
 
     # -- digests ----------------------------------------------------------------
 
@@ -337,11 +338,19 @@ class Planner:
         """What a recipe sees: the passthrough variables (never keyed), the
         declared ones, its secrets (never keyed, never stored), and as many
         math-library threads as the job slots it holds (`cpus`)."""
-        env = {k: v for k, v in os.environ.items() if k in PASSTHROUGH or k.startswith("LC_")}
-        env.update(thread_env(cpus or target.attrs.cpus))
+        cpus = cpus or target.attrs.cpus
+        base = self._recipe_env.get(cpus)
+        if base is None:
+            # once per build and slot count: copying os.environ costs more
+            # than a trivial recipe's own work
+            base = {k: v for k, v in os.environ.items() if k in PASSTHROUGH or k.startswith("LC_")}
+            base.update(thread_env(cpus))
+            self._recipe_env[cpus] = base
+        env = dict(base)
         for name in target.attrs.env + target.attrs.secrets:
-            if name in os.environ:
-                env[name] = os.environ[name]
+            value = os.environ.get(name)
+            if value is not None:
+                env[name] = value
         return env
 
     def check_declared_env(self, order) -> None:
