@@ -36,7 +36,12 @@ class Action:
         return json.dumps(body, separators=(",", ":")).encode()
 
     def key(self) -> str:
-        return hash_bytes(self.canonical())
+        # Asked several times per target (plan, run, record): computed once.
+        # The dataclass is frozen, so its fields cannot change under the memo.
+        key = self.__dict__.get("_key")
+        if key is None:
+            key = self.__dict__["_key"] = hash_bytes(self.canonical())
+        return key
 
     def to_json(self) -> dict:
         # written out: dataclasses.asdict is slow enough to show on no-op builds
