@@ -27,7 +27,7 @@ class LocalExecutor:
     that recipes left by a bb that died are found and stopped."""
 
     def __init__(self, journal: str):
-        self._running: dict[int, tuple[subprocess.Popen, threading.Event]] = {}
+        self._running: dict[int, threading.Event] = {}  # pid (= its group) -> set once it is reaped
         self._lock = threading.Lock()
         self._cancelled = threading.Event()
         self._journal = journal
@@ -39,50 +39,47 @@ class LocalExecutor:
         if self._supervisor is None:
             with self._lock:  # started with the first recipe, once
                 if self._supervisor is None:
+                    _close_inherited_fds()
                     self._supervisor = Supervisor(self._build_id, self._journal)
         if self._cancelled.is_set():
             return Outcome(130, started, 0.0, interrupted=True)
         try:
-            proc = subprocess.Popen(
-                [job.shell, "-e", "-c", job.recipe],
-                cwd=job.cwd,
-                env={**job.env, MARK: self._build_id},
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+            pid, out = _spawn(job, {**job.env, MARK: self._build_id})
         except OSError as err:
             return Outcome(127, started, time.time() - started, output=f"bb: cannot start {job.shell}: {err}\n".encode())
         ended = threading.Event()
         with self._lock:
-            self._running[proc.pid] = (proc, ended)
+            self._running[pid] = ended
         if self._cancelled.is_set():  # cancelled while it was starting
-            _signal_group(proc.pid, signal.SIGKILL)
+            _signal_group(pid, signal.SIGKILL)
         timer = None
         expired = threading.Event()
         if job.timeout:
             def expire():
                 expired.set()
-                _stop([(proc, ended)])
+                _stop([(pid, ended)])
 
             timer = threading.Timer(job.timeout, expire)
             timer.daemon = True
             timer.start()
+        status = None
         try:
-            output = _read_until_exit(proc)
+            output = _read_until_exit(pid, out)
             # The shell has exited but is not reaped yet, so its pid, and with
             # it the group id, cannot be reused: the group is safe to kill.
-            _signal_group(proc.pid, signal.SIGKILL)
-            proc.wait()
+            _signal_group(pid, signal.SIGKILL)
+            status = _reap(pid)
         finally:
+            if status is None:  # an error while reading: never leave it running
+                _signal_group(pid, signal.SIGKILL)
+                _reap(pid)
             ended.set()
             if timer is not None:
                 timer.cancel()
             with self._lock:
-                self._running.pop(proc.pid, None)
+                self._running.pop(pid, None)
         return Outcome(
-            proc.returncode,
+            status,
             started,
             time.time() - started,
             timed_out=expired.is_set(),
@@ -101,8 +98,80 @@ class LocalExecutor:
         those still running after one shared grace period."""
         self._cancelled.set()
         with self._lock:
-            running = list(self._running.values())
+            running = list(self._running.items())
         _stop(running)
+
+
+# Signals Python ignores for itself that a recipe must get with their default
+# action (`yes | head` ends by SIGPIPE), as subprocess's restore_signals does.
+_DEFAULT_SIGNALS = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, name))
+
+
+def _spawn(job: Job, env: dict) -> tuple[int, int]:
+    """Start the recipe's shell in a session of its own (so its group can be
+    killed as one), stdin from /dev/null, stdout and stderr into one pipe;
+    returns its pid and the pipe's read end. posix_spawn costs bb a fraction
+    of subprocess.Popen's CPU; it cannot change folders, so a job elsewhere
+    than bb's working folder (a sandbox) goes through Popen."""
+    argv = [job.shell, "-e", "-c", job.recipe]
+    if _here(job.cwd):
+        read, write = os.pipe()  # both ends close-on-exec; dup2 clears it on 1 and 2
+        try:
+            spawn = os.posix_spawn if "/" in job.shell else os.posix_spawnp
+            pid = spawn(
+                job.shell, argv, env,
+                file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0), (os.POSIX_SPAWN_DUP2, write, 1), (os.POSIX_SPAWN_DUP2, write, 2)],
+                setsid=True, setsigdef=_DEFAULT_SIGNALS,
+            )
+        except BaseException:
+            os.close(read)
+            raise
+        finally:
+            os.close(write)
+        return pid, read
+    proc = subprocess.Popen(argv, cwd=job.cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    out = os.dup(proc.stdout.fileno())
+    proc.stdout.close()
+    proc.returncode = 0  # reaped by _reap, not by Popen: keep it from trying
+    return proc.pid, out
+
+
+def _here(cwd: str) -> bool:
+    """Is `cwd` this process's working folder?"""
+    try:
+        here = os.getcwd()
+        return cwd == here or os.path.samefile(cwd, here)
+    except OSError:
+        return False
+
+
+def _close_inherited_fds() -> None:
+    """Descriptors bb itself inherited (fds past 2 left open by whoever
+    started it) must not reach recipes, as Popen's close_fds ensured: mark
+    them close-on-exec. bb's own descriptors are close-on-exec already."""
+    try:
+        fds = [int(n) for n in os.listdir("/proc/self/fd")]
+    except OSError:
+        return
+    for fd in fds:
+        if fd > 2:
+            try:
+                if os.get_inheritable(fd):
+                    os.set_inheritable(fd, False)
+            except OSError:
+                pass  # the listing's own descriptor, closed by now
+
+
+def _reap(pid: int) -> int:
+    """Wait for the shell; its exit code, or minus the signal that killed it."""
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+        except InterruptedError:
+            continue
+        except ChildProcessError:
+            return -signal.SIGKILL  # reaped elsewhere: it is gone
+        return os.waitstatus_to_exitcode(status)
 
 
 def _signal_group(pgid: int, sig: int) -> None:
@@ -113,22 +182,21 @@ def _signal_group(pgid: int, sig: int) -> None:
 
 
 def _stop(running) -> None:
-    for proc, _ in running:
-        _signal_group(proc.pid, signal.SIGTERM)
+    for pid, _ in running:
+        _signal_group(pid, signal.SIGTERM)
     deadline = time.monotonic() + GRACE_SECONDS
-    for proc, ended in running:
+    for pid, ended in running:
         if not ended.wait(max(0.0, deadline - time.monotonic())):
-            _signal_group(proc.pid, signal.SIGKILL)
+            _signal_group(pid, signal.SIGKILL)
 
 
-def _read_until_exit(proc: subprocess.Popen) -> bytes:
+def _read_until_exit(pid: int, fd: int) -> bytes:
     """The recipe's output until its shell exits (not until every process
-    holding the pipe has closed it)."""
+    holding the pipe has closed it); closes the pipe."""
     buf = bytearray()
     truncated = False
-    fd = proc.stdout.fileno()
     try:
-        pidfd = os.pidfd_open(proc.pid)
+        pidfd = os.pidfd_open(pid)
     except (AttributeError, OSError):
         pidfd = -1  # no pidfd (an old kernel): read to the end of the pipe
     poller = select.poll()
@@ -163,7 +231,7 @@ def _read_until_exit(proc: subprocess.Popen) -> bytes:
     finally:
         if pidfd >= 0:
             os.close(pidfd)
-        proc.stdout.close()
+        os.close(fd)
     if len(buf) > LOG_LIMIT:
         del buf[: len(buf) - LOG_LIMIT]
         truncated = True
