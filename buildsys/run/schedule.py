@@ -36,6 +36,41 @@ def _undeclared_hint(output: bytes, action: Action, root: str) -> str:
     return "; it ran with only its declared inputs: if it reads a file it does not declare, add that file to its inputs"
 
 
+class _Workers:
+    """Threads that run the scheduler's work and put each result (a report,
+    or the exception it raised) on the event queue as (target, result): one
+    queue hop each way per task, no future, callback or condition."""
+
+    def __init__(self, size: int, events: queue.SimpleQueue):
+        self._tasks: queue.SimpleQueue = queue.SimpleQueue()
+        self._events = events
+        self._threads = [threading.Thread(target=self._loop, name=f"bb-run_{i}") for i in range(size)]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, name: str | None, fn, *args) -> None:
+        """Run fn(*args) on a worker; name None: its result is not reported."""
+        self._tasks.put((name, fn, args))
+
+    def _loop(self) -> None:
+        while (task := self._tasks.get()) is not None:
+            name, fn, args = task
+            try:
+                result = fn(*args)
+            except BaseException as err:  # raised again on the main thread
+                result = err
+            if name is not None:
+                self._events.put((name, result))
+
+    def shutdown(self, wait: bool) -> None:
+        """Each thread ends after the work already handed to it."""
+        for _ in self._threads:
+            self._tasks.put(None)
+        if wait:
+            for thread in self._threads:
+                thread.join()
+
+
 class Scheduler:
     def __init__(self, planner: Planner, executor: Executor, ui, *, jobs: int, keep_going=False, always=False, dry_run=False, explain=False, sandbox=False, remote=None, remote_jobs=1000, detach=False):
         self.planner = planner
@@ -52,8 +87,8 @@ class Scheduler:
         self.force: set[str] = set()  # targets whose stored result proved unusable: run them
         self._stopping = threading.Event()
         self._remote_lock = threading.Lock()
-        self._events: queue.SimpleQueue = queue.SimpleQueue()  # (target, future or report), from any thread
-        self._threads = None
+        self._events: queue.SimpleQueue = queue.SimpleQueue()  # (target, report or exception), from any thread
+        self._threads: _Workers | None = None
         self.remote = remote  # a RemoteExecutor, or None: everything runs here
         self.remote_jobs = remote_jobs  # remote jobs in flight at most
         self._remote_actions: dict[str, list[tuple[Target, Action]]] = {}  # key -> what it stands for
@@ -147,16 +182,17 @@ class Scheduler:
                     free -= need
                     running[name] = need
                     self.ui.start(name)
-                    self._pool().submit(self._execute, target, action).add_done_callback(lambda f, n=name: self._events.put((n, f)))
+                    self._pool().submit(name, self._execute, target, action)
                 if batch:
-                    self._pool().submit(self._submit_remote, batch)
+                    self._pool().submit(None, self._submit_remote, batch)
                 if not running:
                     if stopping or not (ready or runnable):
                         break
                     continue
-                name, future = self._events.get()
+                name, report = self._events.get()
                 free += running.pop(name)
-                report = future.result() if hasattr(future, "result") else future
+                if isinstance(report, BaseException):
+                    raise report
                 self._finish(report)
                 if report.status == FAILED and not self.keep_going:
                     stopping = True
@@ -168,9 +204,10 @@ class Scheduler:
             if self.executor is not None:
                 self.executor.cancel_all()
             while any(running.values()):  # local recipes end at once now
-                name, future = self._events.get()
+                name, report = self._events.get()
                 if running.pop(name, 0):
-                    report = future.result() if hasattr(future, "result") else future
+                    if isinstance(report, BaseException):
+                        raise report
                     if report.status != FAILED:
                         self._finish(report)
             raise
@@ -296,12 +333,10 @@ class Scheduler:
                 except CorruptEntry as err:
                     raise UnusableInput(dep, str(err)) from None
 
-    def _pool(self):
+    def _pool(self) -> "_Workers":
         """Threads for recipes and transfers, started when first needed."""
         if self._threads is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self._threads = ThreadPoolExecutor(max_workers=max(self.jobs, 4), thread_name_prefix="bb-run")
+            self._threads = _Workers(max(self.jobs, 4), self._events)
         return self._threads
 
     # -- remote execution ----------------------------------------------------------------
@@ -364,7 +399,7 @@ class Scheduler:
 
     def finished(self, completion: Completion) -> None:
         for target, action in self._remote_actions.pop(completion.key, ()):
-            self._pool().submit(self._collect, target, action, completion).add_done_callback(lambda f, n=target.name: self._events.put((n, f)))
+            self._pool().submit(target.name, self._collect, target, action, completion)
 
     def _collect(self, target: Target, action: Action, completion: Completion) -> TargetReport:
         """A remote job ended: take its result from the store (trusting the
