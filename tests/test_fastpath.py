@@ -1,0 +1,129 @@
+"""The per-task fast paths keep their guarantees: outputs never go through a
+symlinked folder leading out, recipes start the way subprocess started them
+(own session, default SIGPIPE, no stray descriptors, the build's mark), and
+cached keys and environments are the ones computed from scratch."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from buildsys.keys.action import Action
+from buildsys.run.executors import Job
+from buildsys.run.executors.local import LocalExecutor
+from buildsys.run.materialize import UnsafePath, output_path
+from buildsys.run.supervisor import MARK
+
+# ---- output paths ----------------------------------------------------------------------
+
+
+def test_output_path_refuses_a_symlinked_folder_leading_out(tmp_path):
+    root, outside = tmp_path / "ws", tmp_path / "outside"
+    (root / "a").mkdir(parents=True)
+    outside.mkdir()
+    os.symlink(outside, root / "a" / "link")
+    with pytest.raises(UnsafePath):
+        output_path(str(root), "a/link/x.txt")
+    with pytest.raises(UnsafePath):
+        output_path(str(root), "a/link/deeper/x.txt")
+    with pytest.raises(UnsafePath):
+        output_path(str(root), "../x.txt")
+
+
+def test_output_path_allows_folders_inside_and_not_yet_made(tmp_path):
+    root = tmp_path / "ws"
+    (root / "real" / "sub").mkdir(parents=True)
+    os.symlink(root / "real", root / "alias")  # a symlink that stays inside
+    assert output_path(str(root), "alias/sub/x.txt") == str(root / "alias/sub/x.txt")
+    assert output_path(str(root), "new/deep/x.txt") == str(root / "new/deep/x.txt")
+    assert output_path(str(root), "real/sub/") == str(root / "real/sub")
+    # the output itself may be a symlink: only the folders above it matter
+    os.symlink("/", root / "top")
+    assert output_path(str(root), "top") == str(root / "top")
+
+
+def test_output_path_works_from_a_symlinked_root(tmp_path):
+    real = tmp_path / "real"
+    (real / "out").mkdir(parents=True)
+    os.symlink(real, tmp_path / "ws")
+    assert output_path(str(tmp_path / "ws"), "out/x.txt") == str(tmp_path / "ws/out/x.txt")
+
+
+# ---- spawning recipes --------------------------------------------------------------------
+
+
+@pytest.fixture
+def executor(tmp_path):
+    ex = LocalExecutor(str(tmp_path / ".bb" / "running"))
+    yield ex
+    ex.close()
+
+
+def _job(recipe: str, cwd: str, shell: str = "/bin/sh", timeout: float = 0) -> Job:
+    return Job("t", recipe, shell, cwd, {"PATH": os.environ.get("PATH", os.defpath)}, timeout)
+
+
+@pytest.mark.parametrize("elsewhere", [False, True], ids=["in bb's folder", "in another folder"])
+def test_a_recipe_runs_in_its_own_session_with_default_signals_and_no_stray_fds(executor, tmp_path, monkeypatch, elsewhere):
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(tmp_path if elsewhere else work)
+    stray = os.open(os.devnull, os.O_RDONLY)
+    os.set_inheritable(stray, True)  # as if bb had inherited it
+    try:
+        out = executor.run(_job(
+            "pwd; yes | head -1; ls /proc/self/fd | sort -n | tr '\\n' ' '; echo; "
+            "ps -o sid= -p $$; echo $$; echo \"$" + MARK + "\"",
+            str(work),
+        ))
+    finally:
+        os.close(stray)
+    assert out.exit_code == 0, out.output
+    lines = out.output.decode().splitlines()
+    assert lines[0] == os.path.realpath(work)
+    assert lines[1] == "y"  # SIGPIPE is not ignored: `yes` ended
+    assert lines[2].split()[:3] == ["0", "1", "2"] and str(stray) not in lines[2].split()[3:]
+    assert lines[3].strip() == lines[4]  # the shell leads a session of its own
+    assert len(lines[5]) == 16
+
+
+def test_exit_codes_signals_missing_shells_and_timeouts(executor, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    here = str(tmp_path)
+    assert executor.run(_job("exit 3", here)).exit_code == 3
+    assert executor.run(_job("kill -9 $$", here)).exit_code == -9
+    assert executor.run(_job("echo ok", here, shell="sh")).output == b"ok\n"
+    missing = executor.run(_job("true", here, shell=str(tmp_path / "no-shell")))
+    assert missing.exit_code == 127 and b"cannot start" in missing.output
+    slow = executor.run(_job("sleep 30", here, timeout=0.2))
+    assert slow.timed_out and slow.exit_code != 0
+
+
+def test_a_background_process_is_killed_when_its_shell_ends(executor, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = executor.run(_job("sleep 60 & echo $!", str(tmp_path)))
+    pid = int(out.output)
+    for _ in range(100):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    break
+        except FileNotFoundError:
+            break
+        import time
+
+        time.sleep(0.02)
+    else:
+        pytest.fail("the background process outlived its recipe")
+
+
+# ---- memos -----------------------------------------------------------------------------
+
+
+def test_an_actions_key_is_computed_once_and_matches_its_encoding():
+    action = Action("t", "echo", (("a", "0" * 64, False),), ("o",), (), (), ())
+    from buildsys.digest import hash_bytes
+
+    assert action.key() == hash_bytes(action.canonical())
+    assert action.key() is action.key()
+    assert action == Action("t", "echo", (("a", "0" * 64, False),), ("o",), (), (), ())
