@@ -124,6 +124,25 @@ class Target:
     # Not part of the key: their effect already is, through the recipe and paths.
     variables: tuple[tuple[str, str], ...] = ()
 
+    def __reduce__(self):
+        # For the graph cache: plain tuples load several times faster than
+        # the generic state of two dataclasses per target.
+        where = self.location
+        return _unpickle_target, (self.name, self.outputs, self.inputs, self.recipe, self.params, self.attrs, self.phony, self.variables, where.file, where.line, where.column)
+
+
+_TARGET_FIELDS = ("name", "outputs", "inputs", "recipe", "params", "attrs", "phony", "variables")
+
+
+def _unpickle_target(*values) -> Target:
+    where = object.__new__(Location)
+    where.__dict__.update(file=values[8], line=values[9], column=values[10])
+    target = object.__new__(Target)
+    fields = target.__dict__  # frozen: filled as dataclasses' own __init__ does, without __setattr__
+    fields.update(zip(_TARGET_FIELDS, values))
+    fields["location"] = where
+    return target
+
 
 def _maker(producer: dict[str, str], dirs: set[str], path: str) -> str | None:
     hit = producer.get(path)
@@ -754,12 +773,15 @@ def _function(attr, args) -> tuple[str, ...]:
     return words
 
 
-def function_file(module: str, root: str) -> str | None:
+def function_file(module: str, root: str, watched: set[str] | None = None) -> str | None:
     """The project file of a module named by @python (in the Batchfile's
-    folder or its src/ folder)."""
+    folder or its src/ folder). `watched` receives the folders whose listing
+    decided the answer (a missing folder too: its appearing changes it)."""
     rel = module.replace(".", "/")
     for base in ("", "src/"):
         for candidate in (f"{base}{rel}.py", f"{base}{rel}/__init__.py"):
+            if watched is not None:
+                watched.add(os.path.dirname(candidate) or ".")
             if os.path.isfile(os.path.join(root, candidate)):
                 return candidate
     return None
@@ -1108,6 +1130,7 @@ def build_graph(model: Batchfile, overrides: dict[str, str] | None = None, root:
                 holds[folder] = key
                 cut = key.rfind("/", 0, cut)
 
+    shared_attrs: dict[Attrs, Attrs] = {}
     for rule in model.rules:
         is_pattern = any("%" in o for o in rule.outputs)
         if is_pattern and not all("%" in o for o in rule.outputs):
@@ -1120,6 +1143,7 @@ def build_graph(model: Batchfile, overrides: dict[str, str] | None = None, root:
             local = dict(scope)
             local.update(binds)
             attrs, phony, is_default = _attributes(rule, local, settings, limits)
+            attrs = shared_attrs.setdefault(attrs, attrs)  # one object per distinct value: a smaller graph cache
             if is_pattern:
                 patterns.append(_PatternRule(rule, local, params, attrs, phony, limits))
                 continue
@@ -1230,7 +1254,7 @@ def build_graph(model: Batchfile, overrides: dict[str, str] | None = None, root:
         given = list(dict.fromkeys(inputs))  # what a @python function is given (not `declared`: the globs' outputs list)
         if p.attrs.function:
             module = p.attrs.function[0].partition(":")[0]
-            found = function_file(module, root)
+            found = function_file(module, root, watched)
             if found is None:
                 raise BatchfileError(
                     f"@python: no module '{_short(module)}' in the project (looked for {module.replace('.', '/')}.py here and in src/).",
@@ -1385,10 +1409,18 @@ def _glob(pattern: str, root: str, declared: list[str], watched: set[str]) -> li
     # Folders whose listing decides what the pattern matches (for the no-op check).
     static = os.path.dirname(re.split(r"[*?]", pattern, maxsplit=1)[0]) or "."
     watched.add(static)
-    folders = os.path.join(static, "**") if "**" in pattern else (os.path.dirname(pattern) or ".")
-    for folder in glob.glob(os.path.join(root, folders), recursive=True):
-        if os.path.isdir(folder):
-            watched.add(os.path.relpath(folder, root))
+    if "**" in pattern:
+        levels = [os.path.join(static, "**")]
+    else:
+        # Every level a wildcard folder (d*/x/*.csv) reaches: d1/ gaining an
+        # x/ changes d1's listing, not the top folder's.
+        parts = (os.path.dirname(pattern) or ".").split(os.sep)
+        depth = 0 if static == "." else len(static.split(os.sep))
+        levels = [os.sep.join(parts[:i]) for i in range(max(depth, 1), len(parts) + 1)]
+    for level in levels:
+        for folder in glob.glob(os.path.join(root, level), recursive=True):
+            if os.path.isdir(folder):
+                watched.add(os.path.relpath(folder, root))
     found = {
         (p if os.path.isabs(pattern) else os.path.relpath(p, root)).replace(os.sep, "/")
         for p in glob.glob(full, recursive=True)
