@@ -18,11 +18,15 @@ class Context:
     """What a command works on. (A plain class: dataclasses cost a no-op build
     more to import than the rest of its work.)"""
 
-    def __init__(self, root, batchfile, graph, workspace, store, sources=(), read=None):
+    def __init__(self, root, batchfile, graph, workspace, store, sources=(), read=None, listings=None):
         self.root, self.batchfile, self.graph = root, batchfile, graph
         self.workspace, self.store = workspace, store
         self.sources = sources  # the Batchfile and its includes
         self.read = read or {}  # path -> stat signature when the Batchfile and globbed folders were read
+        self.listings = listings or {}  # watched folder -> the listing the graph was made from
+
+    def full(self, path: str) -> str:
+        return path if os.path.isabs(path) else os.path.join(self.root, path)
 
 
 def _find_batchfile(explicit: str | None) -> str:
@@ -58,30 +62,39 @@ def _split_overrides(words: list[str]) -> tuple[list[str], dict]:
 def load_context(args, wanted=(), shared=True) -> Context:
     """Parse, expand and open the stores; `shared=False` for commands that
     never read results (list, graph, clean), so they work offline."""
-    from buildsys.lang.graph import build_graph
-    from buildsys.lang.parse import load
+    from buildsys.lang import cache as graph_cache
     from buildsys.store.local import LocalStore
     from buildsys import STATE_DIR
     from buildsys.keys.workspace import Workspace
 
-    from buildsys.digest import signature
-
     path = _find_batchfile(args.file)
     root = os.path.dirname(os.path.abspath(path))
-    model = load(path, os.path.join(root, STATE_DIR))
-    graph = build_graph(model, getattr(args, "overrides", {}), root, wanted=wanted)
-    read = {}
-    for p in list(model.sources) + [os.path.join(root, w) for w in graph.watched]:
-        try:
-            read[os.path.abspath(p)] = signature(os.stat(p))
-        except OSError:
-            pass
+    state = os.path.join(root, STATE_DIR)
+    overrides = getattr(args, "overrides", {})
+    ident = graph_cache.identity(path, overrides, wanted)
+    cached = graph_cache.load(state, ident)
+    if cached is not None:
+        graph, sources, read, listings = cached
+    else:
+        from buildsys.lang.graph import build_graph
+        from buildsys.lang.parse import load
+
+        started = time.time()
+        model = load(path, state)
+        graph = build_graph(model, overrides, root, wanted=wanted)
+        sources = model.sources
+        # What the graph was made from, as it was read: it validates the
+        # graph cache, and the no-op stamp takes these signatures as seen.
+        watched = [os.path.abspath(os.path.join(root, w)) for w in graph.watched]
+        listings = graph_cache.listings(watched, started)
+        read = {p: graph_cache.signature(p) for p in [os.path.abspath(p) for p in sources] + watched}
+        graph_cache.save(state, ident, graph, sources, read, listings, started)
     store_dir = getattr(args, "store", None) or os.environ.get("BB_STORE") or graph.settings.store or STATE_DIR
     store = LocalStore(os.path.join(root, os.path.expanduser(store_dir)))
     url = _cache_url(args, graph.settings) if shared else ""
     if url:
         store = _shared(store, url, args, graph.settings)
-    return Context(root, path, graph, Workspace(root), store, model.sources, read)
+    return Context(root, path, graph, Workspace(root), store, sources, read, listings)
 
 
 def _cache_url(args, settings) -> str:
@@ -110,7 +123,10 @@ def _shared(local, url: str, args, settings):
 # ---- build / plan ---------------------------------------------------------------
 
 
-def _run(args, *, dry_run: bool):
+def _run(args, *, dry_run: bool, before=None):
+    """`before(ctx, order, sched)`, if given, runs before the build (`order`:
+    the targets it needs): an incremental build gives the scheduler what it
+    knows to be current."""
     from buildsys.lang.graph import select
     from buildsys.keys.plan import Planner
     from buildsys.run.schedule import Scheduler
@@ -144,7 +160,10 @@ def _run(args, *, dry_run: bool):
     sched.force.update(getattr(args, "force", ()))
     t0 = time.time()
     shared = getattr(ctx.store, "remote", None) is not None
-    planner.check_declared_env(ctx.graph.closure(roots))
+    order = ctx.graph.closure(roots)
+    planner.check_declared_env(order)
+    if before is not None:
+        before(ctx, order, sched)
     try:
         reports = sched.build(roots)
         if not dry_run:
@@ -260,21 +279,42 @@ def cmd_build(args) -> int:
 
     t0 = time.time()
     _lock(args)
-    stamp = _stamp(args)
+    path = _stamp(args)
+    stamp = changed = None
     if not args.always_make:
-        current = noop.check(stamp)
-        if current is not None:
-            entries = [{"target": name, "status": "cached", "key": key, "duration": 0.0} for name, key in current]
+        stamp = noop.read(path)
+        changed = noop.changes(stamp) if stamp is not None else None
+        if changed == ([], []):
+            entries = [{"target": name, "status": "cached", "key": key, "duration": 0.0} for name, key in stamp["report"]]
             _report(args, entries, time.time() - t0)
             return 0
-    ctx, roots, reports, seconds = _run(args, dry_run=False)
+    noop.discard(path)
+    cone = None
+
+    def plan_cone(ctx, order, sched):
+        """Only some source files or outputs changed: plan only their cone."""
+        nonlocal cone
+        from buildsys.keys import incremental
+
+        if changed is None or getattr(args, "remote", None) is not None or getattr(ctx.store, "remote", None) is not None:
+            return  # remote work and the shared cache's plan bundles want the whole plan
+        found = incremental.cone(ctx.graph, order, ctx.root, *changed, set(stamp["watch"]))
+        keys = {name: key for name, key in stamp["report"]} if found is not None else {}
+        if found is not None and incremental.seed(sched.planner, sched.reports, order, found, keys):
+            cone = found
+
+    ctx, roots, reports, seconds = _run(args, dry_run=False, before=plan_cone)
     reports = _work(ctx, reports)
     failed = [r for r in reports.values() if r.status == "failed"]
     if not failed:
         seen = {p: s for p, (s, _) in ctx.workspace.stats.seen.items()}
         seen.update(ctx.read)
         python = getattr(ctx.planner, "_python", None)
-        noop.write(stamp, ctx, roots, reports, seen, (python.watch if python else ()), ctx.planner.code_watch())
+        environment = python.watch if python else ()
+        if cone is None:
+            noop.write(path, ctx, roots, reports, seen, environment, ctx.planner.code_watch())
+        else:
+            noop.update(path, stamp, ctx, cone, changed[0], reports, seen, environment, ctx.planner.code_watch())
     _report(args, [r.to_json() for r in reports.values()], seconds)
     if failed:
         names = ", ".join(f"'{r.name}'" for r in failed[:5])

@@ -42,24 +42,59 @@ def stamp_path(state_dir: str, identity: list) -> str:
     return os.path.join(state_dir, "noop", name)
 
 
-def check(path: str) -> list | None:
-    """The stamp's report ([target, key] pairs) if everything is unchanged."""
+def read(path: str) -> dict | None:
     try:
         with open(path) as f:
             stamp = json.load(f)
     except (OSError, ValueError):
         return None
+    return stamp if type(stamp) is dict else None
+
+
+def changes(stamp: dict) -> tuple[list[str], list[str]] | None:
+    """The source files and the outputs that differ from the stamp (both
+    empty: nothing to do); None if anything else does (the Batchfile, an
+    include, a watched folder, a declared variable), or the stamp is not
+    what bb writes. Only then may a build be incremental."""
     try:
-        for group in ("sources", "files", "dirs", "outputs"):
-            for p, sig in stamp[group].items():
-                if _sig(p) != sig:
-                    return None
+        for p, sig in stamp["sources"].items():
+            if _sig(p) != sig:
+                return None
+        known = stamp["listings"]
+        for p, sig in stamp["dirs"].items():
+            if _sig(p) != sig and not _same_listing(p, known):
+                return None
         for name, value in stamp["env"].items():
             if _env_digest(name) != value:
                 return None
-        return stamp["report"]
+        files = [p for p, sig in stamp["files"].items() if _sig(p) != sig]
+        outputs = [p for p, sig in stamp["outputs"].items() if _sig(p) != sig]
+        report, watch = stamp["report"], stamp["watch"]
+        if not (type(report) is list and all(type(e) is list and len(e) == 2 and type(e[0]) is str for e in report)):
+            return None
+        if not (type(watch) is list and all(type(p) is str for p in watch)):
+            return None
+        return files, outputs
     except (KeyError, TypeError, AttributeError):
         return None
+
+
+def _same_listing(folder: str, known: dict) -> bool:
+    """A folder the graph watches whose mtime changed (bb replaced an output
+    in it, an editor saved a file by renaming) still holds the same names."""
+    from buildsys.lang.cache import listing
+
+    digest = known.get(folder)
+    return digest is not None and listing(folder) == digest
+
+
+def discard(path: str) -> None:
+    """Before a build: a build that fails or is cut short leaves no stamp,
+    so the next one takes the full path."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _walk(top: str, files: dict, dirs: dict, sig) -> None:
@@ -73,23 +108,62 @@ def _walk(top: str, files: dict, dirs: dict, sig) -> None:
             files[full] = sig(full)
 
 
+def _signer(seen: dict):
+    def sig(p: str):
+        return seen[p] if p in seen else _sig(p)
+
+    return sig
+
+
+def _watch(ctx, sig, environment, code, files: dict, dirs: dict, watch: set) -> None:
+    """What decides keys besides the targets' declared inputs; an edit there
+    may change any key, so it is never built incrementally (`watch`)."""
+    full = ctx.full
+    named = []
+    if ctx.graph.settings.requirements:
+        named.append(full(ctx.graph.settings.requirements))
+    named.extend(environment)  # what says the recipes' Python packages are unchanged
+    code_files, code_dirs = code or ([], [])
+    named.extend(full(p) for p in code_files)  # modules the recipes import without declaring them (or that would shadow them)
+    for p in named:
+        files[p] = sig(p)
+        watch.add(p)
+    for p in code_dirs:
+        dirs[full(p)] = sig(full(p))
+
+
+def _outputs(ctx, target, sig, outputs: dict) -> None:
+    for out in target.outputs if not target.phony else ():
+        p = ctx.full(out.rstrip("/"))
+        if out.endswith("/"):
+            _walk(p, outputs, outputs, sig)
+        else:
+            outputs[p] = sig(p)
+
+
+def _save(path: str, stamp: dict) -> None:
+    from buildsys.files import write_atomic
+
+    try:
+        write_atomic(path, json.dumps(stamp, separators=(",", ":")).encode())
+    except OSError:
+        pass
+
+
 def write(path: str, ctx, roots: list[str], reports: dict, seen: dict, environment=(), code=()) -> None:
     """`seen`: path -> stat signature as the build saw it when it read the
     file (a later stat could hide an edit made during the build)."""
     from buildsys.digest import is_racy
 
-    graph, root = ctx.graph, ctx.root
+    graph = ctx.graph
     started = time.time()
     files: dict = {}
     dirs: dict = {}
     outputs: dict = {}
     env: dict = {}
-
-    def full(p: str) -> str:
-        return p if os.path.isabs(p) else os.path.join(root, p)
-
-    def sig(p: str):
-        return seen[p] if p in seen else _sig(p)
+    watch: set = set()
+    sig = _signer(seen)
+    full = ctx.full
 
     order = graph.closure(roots)
     if any(graph.targets[n].phony and graph.targets[n].recipe is not None for n in order):
@@ -107,38 +181,66 @@ def write(path: str, ctx, roots: list[str], reports: dict, seen: dict, environme
             else:
                 files[p] = sig(p)
         # every output of the graph must still be in the workspace, unchanged
-        for out in target.outputs if not target.phony else ():
-            p = full(out.rstrip("/"))
-            if out.endswith("/"):
-                _walk(p, outputs, outputs, sig)
-            else:
-                outputs[p] = sig(p)
-    if graph.settings.requirements:
-        files[full(graph.settings.requirements)] = sig(full(graph.settings.requirements))
-    for p in environment:  # what says the recipes' Python packages are unchanged
-        files[p] = sig(p)
-    code_files, code_dirs = code or ([], [])
-    for p in code_files:  # modules the recipes import without declaring them (or that would shadow them)
-        files[full(p)] = sig(full(p))
-    for p in code_dirs:
-        dirs[full(p)] = sig(full(p))
+        _outputs(ctx, target, sig, outputs)
+    _watch(ctx, sig, environment, code, files, dirs, watch)
+    listings = {}
     for folder in graph.watched:
-        dirs[full(folder)] = sig(full(folder))
+        p = os.path.abspath(full(folder))
+        dirs[p] = sig(p)
+        if p in ctx.listings:
+            listings[p] = ctx.listings[p]
     sources = {os.path.abspath(s): sig(os.path.abspath(s)) for s in ctx.sources}
     sigs = [s for group in (files, dirs, outputs, sources) for s in group.values()]
     if any(s is not None and is_racy(s[1], started) for s in sigs):
         return  # something changed just now; let the next run take the full path
-    stamp = {
+    _save(path, {
         "sources": sources,
         "files": files,
         "dirs": dirs,
         "outputs": outputs,
         "env": env,
+        "watch": sorted(watch),
+        "listings": listings,
         "report": [[r.name, r.key] for r in reports.values()],
-    }
-    from buildsys.files import write_atomic
+    })
 
-    try:
-        write_atomic(path, json.dumps(stamp, separators=(",", ":")).encode())
-    except OSError:
-        pass
+
+def update(path: str, stamp: dict, ctx, cone, changed: list[str], reports: dict, seen: dict, environment=(), code=()) -> None:
+    """After an incremental build: the stamp it started from, with what that
+    build read and wrote signed anew (the changed files, the outputs of the
+    targets in `cone`, the code it found) and the new keys. Everything else
+    was unchanged when the build began; if it changed since, it differs
+    from the stamp, and the next build sees that."""
+    from buildsys.digest import is_racy
+
+    started = time.time()
+    sig = _signer(seen)
+    files, dirs, outputs = dict(stamp["files"]), dict(stamp["dirs"]), dict(stamp["outputs"])
+    watch = set(stamp["watch"])
+    fresh: dict = {}
+    for p in changed:
+        fresh[p] = files[p] = sig(p)
+    new_files: dict = {}
+    new_dirs: dict = {}
+    _watch(ctx, sig, environment, code, new_files, new_dirs, watch)
+    # A folder output is signed whole again: files it no longer holds go.
+    folders = tuple(ctx.full(o.rstrip("/")) + "/" for name in cone for o in ctx.graph.targets[name].outputs if o.endswith("/"))
+    if folders:
+        outputs = {p: s for p, s in outputs.items() if not p.startswith(folders)}
+    new_outputs: dict = {}
+    for name in cone:
+        _outputs(ctx, ctx.graph.targets[name], sig, new_outputs)
+    for group, new in ((files, new_files), (dirs, new_dirs), (outputs, new_outputs)):
+        group.update(new)
+        fresh.update(new)
+    if any(s is not None and is_racy(s[1], started) for s in fresh.values()):
+        return
+    # Folders whose listing was found unchanged: signed again, so that the
+    # next check stats them instead of listing them.
+    known = stamp["listings"]
+    for p, old in stamp["dirs"].items():
+        if p in known and _sig(p) != old and _same_listing(p, known):
+            now = _sig(p)  # after the listing: a change in between makes it racy, and it stays as it was
+            if now is not None and not is_racy(now[1], started):
+                dirs[p] = now
+    _save(path, {**stamp, "files": files, "dirs": dirs, "outputs": outputs, "watch": sorted(watch), "report": [[r.name, r.key] for r in reports.values()]})

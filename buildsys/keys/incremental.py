@@ -1,0 +1,79 @@
+"""Incremental builds: when the no-op stamp differs from the workspace only
+in some source files and outputs, only the targets that read a changed file
+or made a changed output, and what depends on them (the cone), are planned.
+Every other target of the request is current: its key is the one the stamp
+recorded, and its result the one the workspace index holds for that key.
+
+Anything doubtful returns None and the build plans every target, as it
+would without a stamp: this path only skips work the full path skips too.
+"""
+from __future__ import annotations
+
+import os
+
+from buildsys.run.report import CACHED, TargetReport
+
+
+def cone(graph, order: list[str], root: str, files: list[str], outputs: list[str], watch: set[str]) -> set[str] | None:
+    """The targets of `order` (dependencies first) to plan again, or None
+    when a change is not one a single target's inputs or outputs explain."""
+    if any(p in watch for p in files):
+        return None  # a requirements file, the Python environment, an imported module: any key
+    # Each changed file, and the folders holding it: an input names one of them.
+    wanted: dict[str, list[str]] = {}
+    for changed in files:
+        p, rel = changed, os.path.relpath(changed, root)
+        while rel not in ("", os.sep):
+            wanted.setdefault(rel, []).append(changed)
+            wanted.setdefault(p, []).append(changed)
+            p, rel = os.path.dirname(p), os.path.dirname(rel)
+    seeds, explained = set(), set()
+    for name in order:
+        for inp in graph.targets[name].inputs:
+            hit = wanted.get(inp.rstrip("/"))
+            if hit is not None:
+                seeds.add(name)
+                explained.update(hit)
+    if len(explained) < len(set(files)):
+        return None
+    for p in outputs:
+        maker = graph.producer_of(os.path.relpath(p, root))
+        if maker is None:
+            return None
+        seeds.add(maker)
+    found = set()
+    for name in order:
+        if name in seeds or any(d in found for d in graph.deps[name]):
+            found.add(name)
+    return found if seeds <= found else None
+
+
+def seed(planner, reports: dict, order: list[str], changed: set[str], keys: dict) -> bool:
+    """Report every target of `order` outside `changed` as cached, as the
+    scheduler reports its own cache hits, and give the planner the results
+    that the targets in `changed` read (the others' outputs are in the
+    workspace, unchanged: nothing needs them). False, and nothing given, if
+    any of them is not exactly what the stamp says."""
+    graph, workspace = planner.graph, planner.workspace
+    read = set(graph.behind_aliases({d for name in changed for d in graph.deps[name]})) - changed
+    last = workspace.last  # what each target was last built as, by any build of this workspace
+    found = {}
+    for name in order:
+        if name in changed or graph.is_alias(name):
+            continue  # aliases have no key: the scheduler answers them from their targets
+        target = graph.targets[name]
+        key = keys.get(name)
+        if target.phony or type(key) is not str or last.get(name) != key:
+            return False
+        if name not in read:
+            found[name] = None
+            continue
+        result = workspace.last_result(name, key)
+        if result is None or not planner.usable(target, result):
+            return False
+        found[name] = result
+    for name, result in found.items():
+        if result is not None:
+            planner.results[name] = result
+        reports[name] = TargetReport(name, CACHED, keys[name])
+    return True

@@ -1,0 +1,269 @@
+"""Builds after a small change: the expanded graph is reused while what made
+it is unchanged, and only the targets a changed file reaches run again, with
+the same bytes a full build makes. Every other kind of change still takes
+the path that sees it."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+
+from conftest import Project, statuses
+
+PIPELINE = """
+    include "rules.bb"
+    P = load("params.json")
+
+    @default
+    all: out/join.txt out/env.txt
+
+    @for i in [1, 2, 3]
+    out/t$(i).txt: src.txt in/$(i).txt
+        echo t$(i) >> runs.log
+        cat $^ > $@
+
+    out/join.txt: out/t*.txt data/*.txt
+        echo join >> runs.log
+        echo "lr=$(P.lr)" > $@
+        cat $^ >> $@
+
+    @env SEED
+    out/env.txt: src.txt
+        echo env >> runs.log
+        echo "seed=$SEED $(GREETING)" > $@
+"""
+
+
+def make(project):
+    project.batchfile(PIPELINE)
+    project.write("rules.bb", "GREETING = hi\n")
+    project.write("params.json", '{"lr": 0.1}\n')
+    project.write("src.txt", "src\n")
+    for i in (1, 2, 3):
+        project.write(f"in/{i}.txt", f"leaf {i}\n")
+    project.write("data/a.txt", "a\n")
+
+
+def runs(project) -> list[str]:
+    text = project.read("runs.log") if project.exists("runs.log") else ""
+    (project.root / "runs.log").unlink(missing_ok=True)
+    return sorted(text.split())
+
+
+def settle(project, *args, env=None):
+    """Build until a build has left its stamp (one is not left while files
+    are younger than the racy window), then forget which recipes ran."""
+    for _ in range(5):
+        time.sleep(0.06)
+        project.build(*args, env=env)
+        if any((project.root / ".bb" / "noop").glob("*")):
+            break
+    runs(project)
+
+
+def outputs(root) -> dict:
+    found = {}
+    for folder, _, files in os.walk(root / "out"):
+        for f in files:
+            path = os.path.join(folder, f)
+            found[os.path.relpath(path, root)] = open(path, "rb").read()
+    return found
+
+
+def full_build_elsewhere(project, tmp_path, env=None) -> dict:
+    """The outputs a build from nothing makes of the same sources."""
+    other = Project(tmp_path / "fresh")
+    shutil.copytree(project.root, other.root, ignore=shutil.ignore_patterns(".bb", "out", "runs.log"))
+    other.build(env=env)
+    return outputs(other.root)
+
+
+SEED = {"SEED": "1"}
+
+
+def test_editing_one_input_reruns_exactly_its_cone(project, tmp_path):
+    make(project)
+    settle(project, env=SEED)
+    project.write("in/2.txt", "leaf 2, edited\n")
+    report = project.build(env=SEED)
+    assert runs(project) == ["join", "t2"]
+    assert statuses(report, "built") == {"out/t2.txt", "out/join.txt"}
+    assert statuses(report, "cached") == {"out/t1.txt", "out/t3.txt", "out/env.txt"}
+    assert outputs(project.root) == full_build_elsewhere(project, tmp_path, env=SEED)
+    # and the next build has nothing to do
+    time.sleep(0.06)
+    assert statuses(project.build(env=SEED), "built") == set()
+    assert runs(project) == []
+
+
+def test_successive_edits_each_rerun_their_own_cone(project, tmp_path):
+    make(project)
+    settle(project, env=SEED)
+    for i, expected in ((1, ["join", "t1"]), (3, ["join", "t3"]), (1, ["join", "t1"])):
+        time.sleep(0.06)
+        project.write(f"in/{i}.txt", f"leaf {i} at {time.time()}\n")
+        project.build(env=SEED)
+        assert runs(project) == expected
+    project.write("src.txt", "src 2\n")
+    project.build(env=SEED)
+    assert runs(project) == ["env", "join", "t1", "t2", "t3"]
+    assert outputs(project.root) == full_build_elsewhere(project, tmp_path, env=SEED)
+
+
+def test_an_edit_with_the_same_bytes_stops_early(project):
+    make(project)
+    settle(project, env=SEED)
+    project.write("in/2.txt", "leaf 2\n")  # rewritten, same content
+    report = project.build(env=SEED)
+    assert runs(project) == []
+    assert statuses(report, "built") == set()
+
+
+def test_other_changes_take_the_path_that_sees_them(project, tmp_path):
+    make(project)
+    settle(project, env=SEED)
+    # the Batchfile
+    project.batchfile(PIPELINE.replace("cat $^ > $@", "cat $^ > $@; echo . >> $@"))
+    project.build(env=SEED)
+    assert runs(project) == ["join", "t1", "t2", "t3"]
+    settle(project, env=SEED)
+    # an include
+    project.write("rules.bb", "GREETING = hello\n")
+    project.build(env=SEED)
+    assert runs(project) == ["env"]
+    assert project.read("out/env.txt") == "seed=1 hello\n"
+    settle(project, env=SEED)
+    # a loaded parameter file
+    project.write("params.json", '{"lr": 0.2}\n')
+    project.build(env=SEED)
+    assert runs(project) == ["join"]
+    assert project.read("out/join.txt").startswith("lr=0.2\n")
+    settle(project, env=SEED)
+    # a new file in a globbed folder
+    project.write("data/b.txt", "b\n")
+    project.build(env=SEED)
+    assert runs(project) == ["join"]
+    assert project.read("out/join.txt").endswith("a\nb\n")
+    settle(project, env=SEED)
+    # ... and taken away again: the join of before, from the store
+    (project.root / "data/b.txt").unlink()
+    assert project.build(env=SEED)["out/join.txt"] == "cached"
+    assert runs(project) == []
+    assert project.read("out/join.txt").endswith("leaf 3\n.\na\n")
+    settle(project, env=SEED)
+    # a declared variable
+    project.build(env={"SEED": "2"})
+    assert runs(project) == ["env"]
+    assert project.read("out/env.txt") == "seed=2 hello\n"
+    settle(project, env={"SEED": "2"})
+    # an override on the command line, then back
+    project.build("GREETING=hey", env={"SEED": "2"})
+    assert runs(project) == ["env"]
+    assert project.read("out/env.txt") == "seed=2 hey\n"
+    project.build(env={"SEED": "2"})
+    assert runs(project) == []
+    assert project.read("out/env.txt") == "seed=2 hello\n"
+    assert outputs(project.root) == full_build_elsewhere(project, tmp_path, env={"SEED": "2"})
+
+
+def test_a_corrupt_or_foreign_graph_cache_is_ignored(project):
+    make(project)
+    settle(project, env=SEED)
+    entries = list((project.root / ".bb" / "graph").glob("*"))
+    assert entries, "sanity: the graph is cached"
+    for entry in entries:
+        entry.write_bytes(b"\x80\x05garbage")
+    project.write("in/1.txt", "leaf 1, edited\n")
+    project.build(env=SEED)
+    assert runs(project) == ["join", "t1"]
+    settle(project, env=SEED)
+    # a well-formed entry of another Batchfile's graph, under this one's name
+    import pickle
+
+    for entry in (project.root / ".bb" / "graph").glob("*"):
+        ident, read, known, graph, sources = pickle.loads(entry.read_bytes())
+        entry.write_bytes(pickle.dumps((ident + ["other"], read, known, graph, sources)))
+    project.write("in/2.txt", "leaf 2, edited\n")
+    project.build(env=SEED)
+    assert runs(project) == ["join", "t2"]
+
+
+def test_an_edited_helper_module_reruns_what_imports_it(project):
+    project.batchfile("""
+        @default
+        all: a.txt b.txt
+
+        a.txt: a.py
+            echo a >> runs.log
+            python3 a.py > $@
+
+        b.txt: b.txt.in
+            echo b >> runs.log
+            cp $< $@
+    """)
+    project.write("a.py", "import helper\nprint(helper.X)\n")
+    project.write("helper.py", "X = 1\n")
+    project.write("b.txt.in", "b\n")
+    settle(project)
+    project.write("helper.py", "X = 22\n")  # another size: Python's own .pyc check is by second and size
+    project.build()
+    assert runs(project) == ["a"]
+    assert project.read("a.txt") == "22\n"
+
+
+def test_a_file_inside_an_input_folder(project):
+    project.batchfile("""
+        @default
+        all: count.txt other.txt
+
+        count.txt: data/
+            echo count >> runs.log
+            cat data/x/*.txt > $@
+
+        other.txt: data/x/1.txt
+            echo other >> runs.log
+            cp $< $@
+    """)
+    project.write("data/x/1.txt", "1\n")
+    project.write("data/x/2.txt", "2\n")
+    settle(project)
+    project.write("data/x/2.txt", "2 edited\n")
+    project.build()
+    assert runs(project) == ["count"]
+    settle(project)
+    project.write("data/x/1.txt", "1 edited\n")
+    project.build()
+    assert runs(project) == ["count", "other"]
+    assert project.read("count.txt") == "1 edited\n2 edited\n"
+
+
+def test_deleted_and_edited_outputs_are_restored_as_a_full_build_does(project):
+    make(project)
+    settle(project, env=SEED)
+    expected = outputs(project.root)
+    (project.root / "out/t1.txt").unlink()
+    project.build(env=SEED)
+    assert runs(project) == []
+    assert outputs(project.root) == expected
+    settle(project, env=SEED)
+    project.write("out/t2.txt", "scribbled by hand\n")
+    project.build(env=SEED)
+    assert runs(project) == []
+    assert outputs(project.root) == expected
+    kept = list((project.root / ".bb" / "modified").rglob("t2.txt*"))
+    assert [p.read_text() for p in kept] == ["scribbled by hand\n"]
+
+
+def test_a_failed_build_is_followed_by_a_correct_one(project):
+    make(project)
+    settle(project, env=SEED)
+    project.batchfile(PIPELINE.replace("cat $^ > $@", "cat $^ > $@; ! grep -q bad $@"))
+    settle(project, env=SEED)
+    project.write("in/2.txt", "bad\n")
+    project.build(env=SEED, check=1)
+    assert runs(project) == ["t2"]
+    project.write("in/2.txt", "good\n")
+    project.build(env=SEED)
+    assert runs(project) == ["join", "t2"]
+    assert json.loads(project.last_proc.stdout)["ok"]
