@@ -556,10 +556,14 @@ class Scheduler:
         """Before a recipe runs: its outputs' places are empty (what bb did not
         write is set aside, never deleted) and their folders exist."""
         ws = self.planner.workspace
+        present, folders = [], []
         for out in target.outputs:
             full = output_path(ws.root, out)
             if os.path.lexists(full):
                 self._set_aside(target.name, out)
-        remove_outputs(ws.root, target.outputs)
-        for out in target.outputs:
-            ws.ensure_dir(os.path.dirname(os.path.join(ws.root, out.rstrip("/"))))
+                present.append(out)
+            folders.append(os.path.dirname(full))
+        if present:  # usually none: a first build, or a failed run removed them
+            remove_outputs(ws.root, tuple(present))
+        for folder in folders:
+            ws.ensure_dir(folder)
