@@ -922,7 +922,10 @@ class _Scanner:
                 if rel is not None and self.shebang(rel):
                     self.scripts[rel] = None
         # an interpreter anywhere in the command (env, nice, srun, conda run,
-        # poetry run... before it), or a launcher
+        # poetry run... before it), or a launcher: each needs a word naming
+        # python, pypy or a .py file, or a PYTHONPATH (most recipes have none)
+        if not any("py" in w or "PYTHONPATH=" in w for w in words[i:]):
+            return cwd
         for j in range(i, len(words)):
             w = words[j]
             if w.startswith("PYTHONPATH="):
