@@ -4,6 +4,7 @@ symlinked folder leading out, recipes start the way subprocess started them
 cached keys and environments are the ones computed from scratch."""
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -125,5 +126,7 @@ def test_an_actions_key_is_computed_once_and_matches_its_encoding():
     from buildsys.digest import hash_bytes
 
     assert action.key() == hash_bytes(action.canonical())
+    body = [action.schema, action.recipe, action.inputs, action.outputs, action.params, action.env, action.environment]
+    assert action.canonical() == json.dumps(body, separators=(",", ":")).encode()  # the encoding keys were made with
     assert action.key() is action.key()
     assert action == Action("t", "echo", (("a", "0" * 64, False),), ("o",), (), (), ())

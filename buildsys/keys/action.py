@@ -15,6 +15,10 @@ from buildsys.digest import hash_bytes
 
 SCHEMA = "bb-action-3"
 
+# One encoder for every action: json.dumps with options builds a new one per
+# call, which costs as much as the encoding of a small action.
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+
 
 @dataclass(frozen=True)
 class Action:
@@ -33,7 +37,7 @@ class Action:
         # the key: two rules doing the same work on the same inputs into the
         # same paths share a result.
         body = [self.schema, self.recipe, self.inputs, self.outputs, self.params, self.env, self.environment]
-        return json.dumps(body, separators=(",", ":")).encode()
+        return _encode(body).encode()
 
     def key(self) -> str:
         # Asked several times per target (plan, run, record): computed once.
@@ -58,7 +62,7 @@ class Action:
         }
 
     def to_bytes(self) -> bytes:
-        return json.dumps(self.to_json(), separators=(",", ":")).encode()
+        return _encode(self.to_json()).encode()
 
     @classmethod
     def from_json(cls, data: dict) -> "Action":
