@@ -275,9 +275,10 @@ def test_a_full_store_disk_fails_the_target_clearly_and_records_nothing(project,
 
 
 def test_permissions_of_stored_blobs_are_read_only(project):
+    # large enough to be a file in cas/ (small blobs live in store.db)
     project.batchfile("""
         out.txt:
-            echo x > $@
+            head -c 100000 /dev/zero > $@
     """)
     project.build()
     blobs = [p for p in (project.root / ".bb/cas").rglob("*") if p.is_file()]
