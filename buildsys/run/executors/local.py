@@ -27,7 +27,7 @@ class LocalExecutor:
     that recipes left by a bb that died are found and stopped."""
 
     def __init__(self, journal: str):
-        self._running: dict[int, threading.Event] = {}  # pid (= its group) -> set once it is reaped
+        self._running: dict[int, threading.Lock] = {}  # pid (= its group) -> held until it is reaped
         self._lock = threading.Lock()
         self._cancelled = threading.Event()
         self._journal = journal
@@ -47,16 +47,19 @@ class LocalExecutor:
             pid, out = _spawn(job, {**job.env, MARK: self._build_id})
         except OSError as err:
             return Outcome(127, started, time.time() - started, output=f"bb: cannot start {job.shell}: {err}\n".encode())
-        ended = threading.Event()
+        # Held until the shell is reaped; _stop waits on it. (A plain lock:
+        # an Event per recipe costs more than this whole bookkeeping.)
+        ended = threading.Lock()
+        ended.acquire()
         with self._lock:
             self._running[pid] = ended
         if self._cancelled.is_set():  # cancelled while it was starting
             _signal_group(pid, signal.SIGKILL)
         timer = None
-        expired = threading.Event()
+        expired = []
         if job.timeout:
             def expire():
-                expired.set()
+                expired.append(True)
                 _stop([(pid, ended)])
 
             timer = threading.Timer(job.timeout, expire)
@@ -73,7 +76,7 @@ class LocalExecutor:
             if status is None:  # an error while reading: never leave it running
                 _signal_group(pid, signal.SIGKILL)
                 _reap(pid)
-            ended.set()
+            ended.release()
             if timer is not None:
                 timer.cancel()
             with self._lock:
@@ -82,7 +85,7 @@ class LocalExecutor:
             status,
             started,
             time.time() - started,
-            timed_out=expired.is_set(),
+            timed_out=bool(expired),
             interrupted=self._cancelled.is_set(),
             output=output,
         )
@@ -186,7 +189,9 @@ def _stop(running) -> None:
         _signal_group(pid, signal.SIGTERM)
     deadline = time.monotonic() + GRACE_SECONDS
     for pid, ended in running:
-        if not ended.wait(max(0.0, deadline - time.monotonic())):
+        if ended.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            ended.release()
+        else:
             _signal_group(pid, signal.SIGKILL)
 
 
