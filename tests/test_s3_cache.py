@@ -183,3 +183,89 @@ def test_env_names_that_look_secret_are_warned_about(project):
     project.build(env={"DB_PASS": "pw"})
     assert "DB_PASS is declared with @env" in project.last_proc.stderr
     assert "@secret" in project.last_proc.stderr
+
+
+TWO_SOURCES = """
+    a.txt: src/a.txt
+        echo a >> $$HOME/runs.log
+        tr a-z A-Z < $< > $@
+
+    b.txt: src/b.txt
+        echo b >> $$HOME/runs.log
+        tr a-z A-Z < $< > $@
+
+    ab.txt: a.txt b.txt
+        echo ab >> $$HOME/runs.log
+        cat $^ > $@
+"""
+
+
+def test_one_bundle_serves_every_selection_and_source_version(project, s3, tmp_path):
+    """The project's bundle answers plans of any selection, for the sources
+    of this build and of a few before; per-result objects are not needed."""
+
+    def person(name: str, a: str) -> Project:
+        p = Project(tmp_path / name / "pipeline")
+        p.root.mkdir(parents=True)
+        p.batchfile(TWO_SOURCES)
+        p.write("src/a.txt", a)
+        p.write("src/b.txt", "bee\n")
+        p.env = {**s3.env, "HOME": str(tmp_path / name)}
+        return p
+
+    def drop_results():  # only the bundle can answer now
+        for key in s3.keys("ac/"):
+            s3.client.delete_object(Bucket=s3.bucket, Key=key)
+
+    alice = person("alice", "one\n")
+    assert alice.build("ab.txt", env=alice.env) == {"a.txt": "built", "b.txt": "built", "ab.txt": "built"}
+    drop_results()
+    bob = person("bob", "one\n")
+    assert bob.build("b.txt", env=bob.env) == {"b.txt": "cached"}, "a selection never built as a whole"
+    assert runs(tmp_path / "bob" / "runs.log") == []
+
+    alice.write("src/a.txt", "two\n")
+    assert alice.build("ab.txt", env=alice.env) == {"a.txt": "built", "b.txt": "cached", "ab.txt": "built"}
+    drop_results()
+    for name, a in (("carol", "one\n"), ("dan", "two\n")):  # the sources before the edit, and after
+        p = person(name, a)
+        assert p.build("ab.txt", env=p.env) == {"a.txt": "cached", "b.txt": "cached", "ab.txt": "cached"}, name
+        assert p.read("ab.txt") == a.upper() + "BEE\n"
+        assert runs(tmp_path / name / "runs.log") == []
+
+    for version in ("3\n", "4\n", "5\n", "6\n"):
+        alice.write("src/a.txt", version)
+        alice.build("ab.txt", env=alice.env)
+    [bundle] = s3.keys("bundles/")
+    targets = [r["target"] for r in json.loads(s3.get(bundle)).values()]
+    assert targets.count("a.txt") == 3 and targets.count("ab.txt") == 3 and targets.count("b.txt") == 1, "bounded: a few results per target"
+
+
+def test_lookups_of_a_graph_without_bundle_stop_at_one_listing(project, s3, tmp_path):
+    """No bundle answers (a graph never built as a whole, bundles removed):
+    after a few hundred misses one listing of the shared results answers
+    every later miss, and the results that do exist are still found."""
+
+    def person(name: str, n: int, word: str = "v") -> Project:
+        p = Project(tmp_path / name)
+        p.root.mkdir()
+        p.batchfile(f"@for i in 1..{n}\nout/$(i).txt: src.txt\n\techo {word}$(i) > $@\n")
+        p.write("src.txt", "s\n")
+        p.env = s3.env
+        return p
+
+    alice = person("alice", 400)
+    alice.build("out/*.txt", env=alice.env)
+    for key in s3.keys("bundles/"):
+        s3.client.delete_object(Bucket=s3.bucket, Key=key)
+    bob = person("bob", 1000)
+    report = bob.build("--cache-read-only", "out/*.txt", env=bob.env)
+    assert statuses(report, "cached") == {f"out/{i}.txt" for i in range(1, 401)}, "every shared result is found"
+    assert len(statuses(report, "built")) == 600
+    assert bob.read("out/7.txt") == "v7\n" and bob.read("out/700.txt") == "v700\n"
+    requests = bob.last_report["summary"]["cache"]["requests"]
+    # hits and their blobs, misses until the listing (and those in flight then), the listing
+    assert requests <= 400 + 400 + 256 + 16 + 16 + 4, requests
+    carol = person("carol", 1000, word="w")  # nothing of it is shared
+    carol.build("--cache-read-only", "out/*.txt", env=carol.env)
+    assert carol.last_report["summary"]["cache"]["requests"] <= 256 + 16 + 16 + 4, carol.last_report["summary"]

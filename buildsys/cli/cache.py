@@ -82,13 +82,13 @@ def push(args) -> int:
     planner, reports = _plan(ctx, roots, tiered.local)
     results = [planner.results[n] for n in reports if n in planner.results]
     missing = [n for n, r in reports.items() if n not in planner.results and not ctx.graph.targets[n].phony]
-    tiered.load_bundle(planner.bundle_name(ctx.graph.closure(roots)))
+    tiered.load_bundle(planner.bundle_name())
     shared = [r for r in results if tiered.bundled(r.key)]
     results = [r for r in results if not tiered.bundled(r.key)]  # the bundle says these are shared
     progress = _Progress(len(results), "uploading results")
     try:
         tiered.push(results, on_done=progress.step)
-        tiered.share({r.key: r for r in results + shared})  # the plan's bundle, merged
+        tiered.share({n: planner.results[n] for n in reports if n in planner.results})  # the project's bundle, merged
     finally:
         progress.close()
         tiered.close()

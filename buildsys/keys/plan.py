@@ -362,17 +362,12 @@ class Planner:
                 f"if it is a secret, declare it with @secret instead (it then reaches the recipe but no key)"
             )
 
-    def bundle_name(self, order: list[str]) -> str:
-        """A digest of everything the plan's keys depend on except upstream
-        outputs: whoever has the same Batchfile and source files gets the same
-        name, and so the same bundle of results from the shared cache."""
-        parts = []
-        for name in order:
-            t = self.graph.targets[name]
-            sources = [[p, self.input_digest(p) if self.graph.is_source(p) else ""] for p in list(t.inputs) + self.code_inputs(t)]
-            env = [[n, os.environ.get(n)] for n in t.attrs.env]
-            parts.append([name, t.recipe or "", list(t.outputs), sources, list(t.params), env, list(self.environment(t))])
-        return hash_bytes(json.dumps([SCHEMA, parts], separators=(",", ":")).encode())
+    def bundle_name(self) -> str:
+        """The project's bundle in the shared cache, named by the set of its
+        target names: the same for every selection, source version and
+        recipe edit, so one bundle (results of recent builds, a few per
+        target) answers most plans with one request."""
+        return hash_bytes(json.dumps([SCHEMA, "project", sorted(self.graph.targets)], separators=(",", ":")).encode())
 
     # -- explanations -----------------------------------------------------------------
 

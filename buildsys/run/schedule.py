@@ -129,7 +129,7 @@ class Scheduler:
 
         shared = getattr(self.planner.store, "remote", None) is not None
         if shared:
-            self.planner.store.load_bundle(self.planner.bundle_name(order))
+            self.planner.store.load_bundle(self.planner.bundle_name())
         try:
             while ready or running or (runnable and not stopping):
                 if shared and not self.always:

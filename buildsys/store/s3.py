@@ -3,7 +3,7 @@ local one:
 
     s3://bucket/prefix/cas/<d[:2]>/<digest>     blobs
     s3://bucket/prefix/ac/<k[:2]>/<key>         action results
-    s3://bucket/prefix/bundles/<plan digest>    many results in one object
+    s3://bucket/prefix/bundles/<project digest> results of recent builds in one object
 
 boto3 is configured as a user would: the standard credential chain and
 profiles (AWS_PROFILE), the region, and AWS_ENDPOINT_URL for S3-compatible
@@ -263,6 +263,22 @@ class S3Store:
             raise CorruptEntry(f"blob {digest[:12]} in {self.url} does not match its digest")
 
     # -- listing and removal (cache ls, stats, gc) ---------------------------------------
+
+    def result_keys(self, pmap=map) -> set[str]:
+        """The key of every result in the bucket: sixteen listings, one per
+        first hex digit, run through `pmap` side by side (1,000 keys a page)."""
+        def listing(first: str) -> list[str]:
+            paginator = self.client.get_paginator("list_objects_v2")
+            try:
+                return [
+                    o["Key"].rsplit("/", 1)[-1]
+                    for page in paginator.paginate(Bucket=self.url.bucket, Prefix=f"{self._key('ac')}/{first}")
+                    for o in page.get("Contents", ())
+                ]
+            except Exception as err:
+                raise _explain(err, self.url, "listing action results") from None
+
+        return {k for keys in pmap(listing, "0123456789abcdef") for k in keys if is_digest(k)}
 
     def list(self, kind: str):
         """(name, size, last modified epoch) of every object under cas/ or ac/."""

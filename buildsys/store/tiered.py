@@ -4,9 +4,11 @@ Reads: the local store first, then the shared one; a shared hit fills the
 local store as its blobs are downloaded (each verified, each downloaded
 once). Writes: always local; unless read-only, each new result is uploaded in
 the background, blobs first and the action result last, so a shared result
-never names a blob that is not there. Results for a whole plan also travel as
-one bundle object, so planning a cached graph costs one request, not one per
-target.
+never names a blob that is not there. The results of a project's recent
+builds also travel as one bundle object (a few per target), so planning a
+cached graph costs one request, not one per target, whatever the selection;
+without a bundle, a few hundred misses lead to one listing of the shared
+results, which answers the rest.
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ from buildsys.store.local import LocalStore
 
 TRANSFER_THREADS = 16
 LIST_ABOVE = 1000  # blobs to upload above which the bucket is listed instead of asked blob by blob
+BUNDLE_KEEP = 3  # results per target a project's bundle keeps
+LIST_RESULTS_AFTER = 256  # shared misses after which the shared results are listed once
 
 
 class TieredStore:
@@ -45,6 +49,9 @@ class TieredStore:
         self._bad: set[str] = set()  # digests whose shared copy is missing or corrupt
         self._uploaded: set[str] = set()
         self._sending: dict = {}  # digest -> its upload (a future)
+        self._misses = 0
+        self._listed: set[str] | None = None  # keys of every shared result, once listed
+        self._listing = threading.Lock()  # held while they are listed
 
     # -- results --------------------------------------------------------------------
 
@@ -52,7 +59,8 @@ class TieredStore:
         self._bundle_name = name
         self._bundle = self.remote.get_bundle(name)
 
-    def _from_remote(self, key: str) -> ActionResult | None:
+    def _from_remote(self, key: str, ask: bool = False) -> ActionResult | None:
+        """`ask`: send the request even if a listing says the key is absent."""
         if key in self._remote_results:
             return self._remote_results[key]
         raw = self._bundle.get(key)
@@ -66,12 +74,38 @@ class TieredStore:
                 result = None
             if result is None:
                 self.corrupt_in_bundle.add(key)
-        if result is None:
+        if result is None and (ask or not self._known_absent(key)):
             result = self.remote.get_result(key)
+            if result is None:
+                self._missed()
         self._remote_results[key] = result
         if result is not None:
             self._named.update(o.digest for o in result.outputs)
         return result
+
+    def _missed(self) -> None:
+        """A shared lookup found nothing. Past LIST_RESULTS_AFTER of those
+        (a graph the team never built, or no bundle for it), one listing of
+        the shared results answers every later miss without a request."""
+        with self._guard:
+            if self._misses + 1 == LIST_RESULTS_AFTER:
+                self._listing.acquire()  # before anyone can see the count reached
+            self._misses += 1
+            if self._misses != LIST_RESULTS_AFTER:
+                return
+        try:
+            # threads of its own: this runs on a transfer thread, and the
+            # listings must never wait for one
+            with ThreadPoolExecutor(max_workers=16, thread_name_prefix="bb-s3-list") as pool:
+                self._listed = self.remote.result_keys(pool.map)
+        finally:
+            self._listing.release()
+
+    def _known_absent(self, key: str) -> bool:
+        if self._misses >= LIST_RESULTS_AFTER:
+            with self._listing:  # wait for the listing under way
+                pass
+        return self._listed is not None and key not in self._listed
 
     def prefetch(self, keys, *, even_local: bool = False) -> None:
         """Ask the shared store for several results at once (by default only
@@ -116,7 +150,7 @@ class TieredStore:
         if fresh:
             self._remote_results.pop(key, None)
             self._bundle.pop(key, None)
-        result = self._from_remote(key)
+        result = self._from_remote(key, ask=fresh)
         if result is not None:
             self.remote_hits += 1
         return result
@@ -258,20 +292,20 @@ class TieredStore:
                 self.local.put_result(result)
 
     def share(self, results: dict[str, ActionResult]) -> None:
-        """After a build of a whole plan: share local results the shared
-        store may lack (an earlier upload was cut short, or they were built
-        without the cache; the plan's bundle says what is already there), then
-        the bundle itself, merged with what it held."""
+        """After a build (`results`: target -> its result): share local
+        results the shared store may lack (an earlier upload was cut short,
+        or they were built without the cache; the bundle says what is
+        already there), then the project's bundle, merged with what it held."""
         if self.read_only or not results:
             return
         self.push([
             r for r in results.values()
             if r.key not in self._bundle and r.key not in self._uploaded and self._remote_results.get(r.key) is None
         ])
-        name = getattr(self, "_bundle_name", None)
-        ours = {r.key: r.to_json() for r in results.values()}
-        if name and not ours.keys() <= self._bundle.keys():
-            self.remote.put_bundle(name, {**self._bundle, **ours})
+        bundle = getattr(self, "_bundle_name", None)
+        ours = {r.key: {**r.to_json(), "target": name} for name, r in results.items()}
+        if bundle and not ours.keys() <= self._bundle.keys():
+            self.remote.put_bundle(bundle, merge_bundle(self._bundle, ours))
 
     def blobs_of_local(self, result: ActionResult) -> list[str]:
         """Blobs of a result, reading tree manifests only if they are local."""
@@ -293,3 +327,25 @@ class TieredStore:
             "hits": self.remote_hits,
             "uploaded": self.uploaded_results,
         }
+
+
+def merge_bundle(old: dict, ours: dict, keep: int = BUNDLE_KEEP) -> dict:
+    """A project's bundle after a build: this build's results, and for each
+    target the `keep` most recent results of earlier builds (other branches,
+    other parameter values, the sources before an edit), so the bundle serves
+    many plans and stays bounded. Entries name their target."""
+    merged = dict(ours)
+    counts: dict[str, int] = {}
+    for raw in ours.values():
+        counts[raw["target"]] = counts.get(raw["target"], 0) + 1
+    earlier: dict[str, list] = {}
+    for key, raw in old.items():
+        if key in merged or type(raw) is not dict or type(raw.get("target")) is not str:
+            continue  # one of ours, or not what bb writes: dropped
+        started = raw.get("started")
+        earlier.setdefault(raw["target"], []).append((started if type(started) in (int, float) else 0, key, raw))
+    for name, entries in earlier.items():
+        entries.sort(key=lambda e: e[0], reverse=True)
+        for _, key, raw in entries[: max(0, keep - counts.get(name, 0))]:
+            merged[key] = raw
+    return merged
