@@ -161,7 +161,7 @@ class BatchExecutor:
         else:
             listing = json.dumps([job.action for job in group]).encode()
             digest = self.store.put_bytes(listing)
-            self.store.push_blobs([digest])
+            self.store.push_blobs((), fresh=[digest])
             name = f"bb-array-{digest[:64]}"
             command += ["--actions", digest]
         resources = group[0].resources

@@ -352,7 +352,7 @@ class Scheduler:
         """On a worker thread: put each action and its source inputs in the
         store, then hand the jobs to the remote executor at once."""
         store, ws = self.planner.store, self.planner.workspace
-        jobs, blobs = [], []
+        jobs, blobs, specs = [], [], []
         for target, action in batch:
             key = action.key()
             try:
@@ -370,7 +370,7 @@ class Scheduler:
                 text = f"{err.message} {err.hint}".strip() if isinstance(err, BBError) else str(err)
                 self._events.put((target.name, TargetReport(target.name, FAILED, key, error=text)))
                 continue
-            blobs.append(digest)
+            specs.append(digest)
             blobs.extend(d for _, d, _ in action.inputs)
             self._remote_actions.setdefault(key, []).append((target, action))
             a = target.attrs
@@ -379,7 +379,7 @@ class Scheduler:
             return
         try:
             if hasattr(store, "push_blobs"):
-                store.push_blobs(blobs)  # the worker reads them from the shared store
+                store.push_blobs(blobs, fresh=specs)  # the worker reads them from the shared store
             with self._remote_lock:
                 if not self.remote_started:
                     self.remote.start(self)

@@ -212,13 +212,16 @@ class TieredStore:
 
     # -- uploads ------------------------------------------------------------------------
 
-    def push_blobs(self, digests) -> None:
+    def push_blobs(self, digests, fresh=()) -> None:
         """Upload these local blobs now, skipping those the bucket has (the
-        inputs of remote jobs, which read them from the shared store)."""
-        digests = list(dict.fromkeys(digests))
+        inputs of remote jobs, which read them from the shared store).
+        `fresh`: blobs made just now (action specs), sent without asking."""
+        fresh = list(dict.fromkeys(fresh))
+        digests = [d for d in dict.fromkeys(digests) if d not in set(fresh)]
         absent = self.remote.missing_blobs(digests) if len(digests) > LIST_ABOVE else None
         todo = [d for d in digests if absent is None or d in absent]
-        for future in [self._send(d, force=absent is not None) for d in todo]:
+        futures = [self._send(d, force=absent is not None) for d in todo] + [self._send(d, force=True) for d in fresh]
+        for future in futures:
             future.result()
 
     def blobs_of(self, result: ActionResult) -> list[str]:
