@@ -298,9 +298,11 @@ def cmd_build(args) -> int:
 
         if changed is None or getattr(args, "remote", None) is not None or getattr(ctx.store, "remote", None) is not None:
             return  # remote work and the shared cache's plan bundles want the whole plan
+        if getattr(args, "sandbox", False):
+            return  # sandboxes take inputs from the store, which the cone's inputs need not be in
         found = incremental.cone(ctx.graph, order, ctx.root, *changed, set(stamp["watch"]))
         keys = {name: key for name, key in stamp["report"]} if found is not None else {}
-        if found is not None and incremental.seed(sched.planner, sched.reports, order, found, keys):
+        if found is not None and incremental.seed(sched, order, found, keys):
             cone = found
 
     ctx, roots, reports, seconds = _run(args, dry_run=False, before=plan_cone)

@@ -48,32 +48,34 @@ def cone(graph, order: list[str], root: str, files: list[str], outputs: list[str
     return found if seeds <= found else None
 
 
-def seed(planner, reports: dict, order: list[str], changed: set[str], keys: dict) -> bool:
+def seed(sched, order: list[str], changed: set[str], keys: dict) -> bool:
     """Report every target of `order` outside `changed` as cached, as the
-    scheduler reports its own cache hits, and give the planner the results
-    that the targets in `changed` read (the others' outputs are in the
-    workspace, unchanged: nothing needs them). False, and nothing given, if
-    any of them is not exactly what the stamp says."""
+    scheduler reports its own cache hits, with its outputs present (the
+    stamp proved them unchanged), and give the planner the results that the
+    targets in `changed` read (the others' are needed by nothing). False,
+    and nothing given, if any of them is not exactly what the stamp says."""
+    planner, reports = sched.planner, sched.reports
     graph, workspace = planner.graph, planner.workspace
     read = set(graph.behind_aliases({d for name in changed for d in graph.deps[name]})) - changed
-    last = workspace.last  # what each target was last built as, by any build of this workspace
+    last = workspace.last_key  # what each target was last built as, by any build of this workspace
     found = {}
     for name in order:
         if name in changed or graph.is_alias(name):
             continue  # aliases have no key: the scheduler answers them from their targets
         target = graph.targets[name]
         key = keys.get(name)
-        if target.phony or type(key) is not str or last.get(name) != key:
+        if target.phony or type(key) is not str or last(name) != key:
             return False
         if name not in read:
             found[name] = None
             continue
         result = workspace.last_result(name, key)
-        if result is None or not planner.usable(target, result):
-            return False
+        if result is None or not planner.declares(target, result):
+            return False  # (its blobs need not be in the store: its outputs are in place)
         found[name] = result
     for name, result in found.items():
         if result is not None:
             planner.results[name] = result
         reports[name] = TargetReport(name, CACHED, keys[name])
+    sched.present.update(found)
     return True

@@ -305,7 +305,7 @@ class Planner:
         """An action result whose blobs are all present, or None."""
         # The workspace's index answers most no-op lookups without a store read.
         result = self.workspace.last_result(target.name, key)
-        if result is not None and all(self.store.has_blob(o.digest) for o in result.outputs) and self._declares(target, result):
+        if result is not None and all(self.store.has_blob(o.digest) for o in result.outputs) and self.declares(target, result):
             return result
         try:
             result = self.store.get_result(key)
@@ -317,7 +317,7 @@ class Planner:
                 self.warnings.append(f"ignored a corrupt entry for '{target.name}' in the shared cache's plan bundle")
         if result is None:
             return None
-        if not self._declares(target, result):
+        if not self.declares(target, result):
             self.warnings.append(f"ignored the stored result for '{target.name}': it names other outputs than the Batchfile declares")
             return None
         if not all(self.store.has_blob(o.digest) for o in result.outputs):
@@ -326,10 +326,10 @@ class Planner:
 
     def usable(self, target: Target, result: ActionResult) -> bool:
         """A result found for the target's key names its outputs and has their blobs."""
-        return self._declares(target, result) and all(self.store.has_blob(o.digest) for o in result.outputs)
+        return self.declares(target, result) and all(self.store.has_blob(o.digest) for o in result.outputs)
 
     @staticmethod
-    def _declares(target: Target, result: ActionResult) -> bool:
+    def declares(target: Target, result: ActionResult) -> bool:
         # The key covers the output paths, so a true result names exactly the
         # declared outputs; anything else (a path outside the workspace, say) is corrupt.
         return tuple(o.path for o in result.outputs) == target.outputs
@@ -373,7 +373,7 @@ class Planner:
 
     def why(self, target: Target, action: Action) -> list[str]:
         """Why this action is not in the store: what differs from the target's last build."""
-        last_key = self.workspace.last.get(target.name)
+        last_key = self.workspace.last_key(target.name)
         if last_key is None:
             return ["never built here before"]
         if last_key == action.key():

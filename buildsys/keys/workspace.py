@@ -32,6 +32,11 @@ class Workspace:
         """target -> key of its last successful build."""
         return {name: entry["key"] for name, entry in self._entries().items()}
 
+    def last_key(self, target: str) -> str | None:
+        """The key of the target's last successful build."""
+        entry = self._entries().get(target)
+        return entry["key"] if entry else None
+
     def _entries(self) -> dict[str, dict]:
         if self._last is None:
             try:

@@ -191,8 +191,19 @@ class Graph:
         return out
 
     def closure(self, roots) -> list[str]:
-        """Targets needed for `roots`, dependencies before dependents."""
-        return _postorder(self, roots)
+        """Targets needed for `roots`, dependencies before dependents.
+        Remembered per roots (a build asks several times; the graph never
+        changes once built); callers get their own copy."""
+        memo = self.__dict__.setdefault("_closures", {})
+        roots = tuple(roots)
+        if roots not in memo:
+            memo[roots] = _postorder(self, roots)
+        return list(memo[roots])
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_closures", None)  # not part of a cached graph
+        return state
 
 
 # ---- interpolation ---------------------------------------------------------

@@ -85,6 +85,10 @@ class Scheduler:
         self.sandbox = sandbox  # run each recipe with only its declared inputs
         self.reports: dict[str, TargetReport] = {}
         self.force: set[str] = set()  # targets whose stored result proved unusable: run them
+        # Targets whose outputs are known to be in the workspace as their
+        # results say (an incremental build: the no-op stamp proved it), so
+        # nothing of them is brought from the store.
+        self.present: set[str] = set()
         self._stopping = threading.Event()
         self._remote_lock = threading.Lock()
         self._events: queue.SimpleQueue = queue.SimpleQueue()  # (target, report or exception), from any thread
@@ -288,7 +292,7 @@ class Scheduler:
             n for n in self.graph.closure(roots)
             if intermediates or n in requested or any(os.path.lexists(os.path.join(self.planner.workspace.root, o.rstrip("/"))) for o in self.graph.targets[n].outputs)
         ]
-        wanted = [n for n in names if n in self.planner.results and self.reports.get(n) and self.reports[n].status in (CACHED, BUILT)]
+        wanted = [n for n in names if n in self.planner.results and n not in self.present and self.reports.get(n) and self.reports[n].status in (CACHED, BUILT)]
         store = self.planner.store
         # every needed blob at once, not one target after another; a bad one
         # is dealt with below, target by target
@@ -327,7 +331,7 @@ class Scheduler:
         """A recipe about to run reads its inputs from the workspace: make sure
         the outputs of cached upstream targets are there."""
         for dep in self.graph.behind_aliases(self.graph.deps[target.name]):
-            if dep in self.planner.results and self.reports[dep].status == CACHED:
+            if dep in self.planner.results and self.reports[dep].status == CACHED and dep not in self.present:
                 try:
                     self._materialize(dep)
                 except CorruptEntry as err:
