@@ -90,3 +90,30 @@ def age(store: Path, seconds: float) -> int:
             os.utime(path, (when, when))
             n += 1
     return n
+
+
+# ---- the workspace's index of last builds (.bb/index.db) ---------------------------------
+
+
+def index(state: Path) -> dict[str, dict]:
+    """target -> the index's entry for its last build."""
+    conn = sqlite3.connect(state / "index.db")
+    try:
+        return {t: json.loads(e) for t, e in conn.execute("select target, entry from last")}
+    finally:
+        conn.close()
+
+
+def write_index(state: Path, rows: dict[str, str]) -> None:
+    """Replace the index's rows with these raw texts (forged, or corrupt)."""
+    conn = sqlite3.connect(state / "index.db", isolation_level=None)
+    try:
+        conn.execute("delete from last")
+        conn.executemany("insert into last values (?, ?)", rows.items())
+    finally:
+        conn.close()
+
+
+def drop_index(state: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        (state / f"index.db{suffix}").unlink(missing_ok=True)

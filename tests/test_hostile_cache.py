@@ -1,7 +1,7 @@
 """A hostile or corrupt store, end to end through `bb`.
 
 Every digest and key that bb reads from a store (local or S3), a result
-bundle, a tree manifest or a state file (.bb/last-builds.json,
+bundle, a tree manifest or a state file (.bb/index.db,
 .bb/stat-cache.json) must be exactly 64 lowercase hex characters before it
 becomes a path. Anything else is a corrupt entry: a cache miss, a
 `bb: warning: ...` on stderr, the target is rebuilt (its recipe runs, its
@@ -18,6 +18,7 @@ import copy
 import json
 import os
 import shutil
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -265,7 +266,7 @@ def forget_workspace(p: Project, *targets) -> None:
     """Make bb look its results up again: no no-op stamp, no index of last
     builds, and the targets' outputs gone from the workspace."""
     shutil.rmtree(p.root / ".bb" / "noop", ignore_errors=True)
-    (p.root / ".bb" / "last-builds.json").unlink(missing_ok=True)
+    localstore.drop_index(p.root / ".bb")
     for t in targets:
         path = p.root / t
         if path.is_dir():
@@ -320,15 +321,14 @@ def test_local_forged_result(local, name):
 
 @pytest.mark.parametrize("log", ["traversal", "int", "missing"])
 def test_local_forged_log_is_never_read(local, log):
-    """`bb log` reads the log's digest from .bb/last-builds.json (and the
+    """`bb log` reads the log's digest from the index, .bb/index.db (and the
     store): a forged one must not make it print, or fail on, anything else."""
     p, canaries, tools = local
     value = {"traversal": tools.up(canaries.file), "int": 12345, "missing": _hash(b"a log nobody stored")}[log]
     forge_local(p, "out/a.txt", _set("log", value), tools)
-    state = p.root / ".bb" / "last-builds.json"
-    entries = json.loads(state.read_text())
+    entries = localstore.index(p.root / ".bb")
     entries["out/a.txt"]["log"] = value
-    state.write_text(json.dumps(entries))
+    localstore.write_index(p.root / ".bb", {t: json.dumps(e) for t, e in entries.items()})
     canaries.arm()
 
     proc = p.bb("log", "out/a.txt")
@@ -351,48 +351,55 @@ def test_local_forged_log_is_never_read(local, log):
     canaries.assert_not_copied_into(p.root)
 
 
-def _last_builds(kind: str):
+def _index_forgery(kind: str):
+    """What to put in the index: bytes for the whole file, or target -> the
+    raw text of its entry."""
+
     def make(entries: dict, tools: Tools):
-        if kind == "not-json":
-            return b'{"out/a.txt": {"key": '
-        if kind == "null":
-            return b"null"
-        if kind == "list":
-            return list(entries.values())
-        if kind == "strings":
-            return {t: "garbage" for t in entries}
-        if kind == "no-key":
-            return {t: {k: v for k, v in e.items() if k != "key"} for t, e in entries.items()}
-        if kind == "outputs-null":
-            return {t: {**e, "outputs": None} for t, e in entries.items()}
-        if kind == "key-traversal":
-            return {t: {**e, "key": tools.up(tools.canaries.file)} for t, e in entries.items()}
-        if kind == "digest-traversal":
-            # the right key, an output digest that walks to the canary
-            forged = copy.deepcopy(entries)
-            forged["out/a.txt"]["outputs"][0]["digest"] = tools.up(tools.canaries.file)
-            return forged
-        if kind == "digest-null":
-            forged = copy.deepcopy(entries)
-            forged["out/a.txt"]["outputs"][0]["digest"] = None
-            return forged
-        raise AssertionError(kind)
+        if kind == "not-a-database":
+            return b"SQLite format 3\x00" + b"\xff" * 200
+        if kind == "other-table":
+            return "other-table"
+        raw = {
+            "not-json": lambda: {t: '{"key": ' for t in entries},
+            "null": lambda: {t: "null" for t in entries},
+            "list": lambda: {t: json.dumps(list(e.values())) for t, e in entries.items()},
+            "strings": lambda: {t: '"garbage"' for t in entries},
+            "no-key": lambda: {t: json.dumps({k: v for k, v in e.items() if k != "key"}) for t, e in entries.items()},
+            "outputs-null": lambda: {t: json.dumps({**e, "outputs": None}) for t, e in entries.items()},
+            "key-traversal": lambda: {t: json.dumps({**e, "key": tools.up(tools.canaries.file)}) for t, e in entries.items()},
+        }
+        if kind in raw:
+            return raw[kind]()
+        # the right key, an output digest that walks to the canary, or none
+        forged = copy.deepcopy(entries)
+        forged["out/a.txt"]["outputs"][0]["digest"] = tools.up(tools.canaries.file) if kind == "digest-traversal" else None
+        return {t: json.dumps(e) for t, e in forged.items()}
 
     return make
 
 
-LAST_BUILDS = ["not-json", "null", "list", "strings", "no-key", "outputs-null", "key-traversal", "digest-traversal", "digest-null"]
+LAST_BUILDS = ["not-a-database", "other-table", "not-json", "null", "list", "strings", "no-key", "outputs-null", "key-traversal", "digest-traversal", "digest-null"]
 
 
 @pytest.mark.parametrize("kind", LAST_BUILDS)
-def test_local_hostile_last_builds(local, kind):
+def test_local_hostile_index(local, kind):
     p, canaries, tools = local
-    state = p.root / ".bb" / "last-builds.json"
-    good = json.loads(state.read_text())
-    forged = _last_builds(kind)(good, tools)
+    state = p.root / ".bb"
+    forged = _index_forgery(kind)(localstore.index(state), tools)
 
     def plant():
-        state.write_bytes(forged if isinstance(forged, bytes) else json.dumps(forged).encode())
+        if isinstance(forged, bytes):
+            localstore.drop_index(state)
+            (state / "index.db").write_bytes(forged)
+        elif forged == "other-table":
+            localstore.drop_index(state)
+            conn = sqlite3.connect(state / "index.db")
+            conn.execute("create table last (x)")
+            conn.commit()
+            conn.close()
+        else:
+            localstore.write_index(state, forged)
         shutil.rmtree(p.root / ".bb" / "noop", ignore_errors=True)
         (p.root / "out/a.txt").unlink(missing_ok=True)
 
@@ -411,7 +418,6 @@ def test_local_hostile_last_builds(local, kind):
         proc = p.bb(*args)
         canaries.check(proc)
         assert_no_crash(proc, "bb " + " ".join(args))
-
 
 STAT_CACHE = ["not-json", "null", "list", "strings", "short-entries", "digest-traversal", "digest-int"]
 

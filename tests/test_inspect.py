@@ -113,7 +113,7 @@ def test_plan_runs_nothing(project, tmp_path):
         assert "mid.txt" in proc.stdout and "out.txt" in proc.stdout, proc.stdout
         assert not project.exists("mid.txt") and not project.exists("out.txt")
         assert runs(counter) == 0
-        assert not project.exists(".bb/last-builds.json")
+        assert not project.exists(".bb/index.db")
 
 
 def test_plan_says_why(project, tmp_path):

@@ -50,7 +50,7 @@ def test_corrupt_action_result_is_a_miss_and_is_rebuilt(project):
     project.build("out.txt")
     for key in localstore.results(store(project)):
         localstore.write_result(store(project), key, b"{not json")
-    (project.root / ".bb" / "last-builds.json").unlink()
+    localstore.drop_index(project.root / ".bb")
     (project.root / "out.txt").unlink()
     report = project.build("out.txt")
     assert statuses(report, "built") == {"mid.txt", "out.txt"}
@@ -79,7 +79,7 @@ def test_forged_result_with_escaping_path_is_ignored(project, tmp_path):
     project.batchfile(SIMPLE)
     project.write("in.txt", "abc\n")
     project.build("out.txt")
-    (project.root / ".bb" / "last-builds.json").unlink()
+    localstore.drop_index(project.root / ".bb")
     for key, result in localstore.results(store(project)).items():
         for out in result["outputs"]:
             out["path"] = "../../escaped.txt"
@@ -154,7 +154,7 @@ def test_a_damaged_database_is_set_aside_and_rebuilt(project):
     project.build("out.txt")
     db = store(project) / "store.db"
     db.write_bytes(b"this is not an SQLite database" * 100)
-    (project.root / ".bb" / "last-builds.json").unlink()
+    localstore.drop_index(project.root / ".bb")
     (project.root / "out.txt").unlink()
     report = project.build("out.txt")
     assert statuses(report, "built") == {"mid.txt", "out.txt"}

@@ -190,9 +190,9 @@ def write(path: str, ctx, roots: list[str], reports: dict, seen: dict, environme
         if p in ctx.listings:
             listings[p] = ctx.listings[p]
     sources = {os.path.abspath(s): sig(os.path.abspath(s)) for s in ctx.sources}
-    sigs = [s for group in (files, dirs, outputs, sources) for s in group.values()]
-    if any(s is not None and is_racy(s[1], started) for s in sigs):
-        return  # something changed just now; let the next run take the full path
+    if any(s is not None and is_racy(s[1], started) for group in (dirs, sources) for s in group.values()):
+        return  # the Batchfile or a listing changed just now; let the next run take the full path
+    _unsign_racy(started, files, outputs)
     _save(path, {
         "sources": sources,
         "files": files,
@@ -203,6 +203,24 @@ def write(path: str, ctx, roots: list[str], reports: dict, seen: dict, environme
         "listings": listings,
         "report": [[r.name, r.key] for r in reports.values()],
     })
+
+
+# Stands for the signature of a file changed just now: it differs from any
+# real one, so the next build looks at that file again (incrementally).
+RACY = ["racy"]
+
+
+def _unsign_racy(started: float, *groups: dict) -> None:
+    """A file modified within a timestamp tick of now could change again
+    without its stat changing (git's racy-clean rule): its signature is not
+    trusted. Only for source files and outputs, which the next build
+    re-reads one by one; the stamp stays good for everything else."""
+    from buildsys.digest import is_racy
+
+    for group in groups:
+        for p, s in group.items():
+            if s is not None and s != RACY and is_racy(s[1], started):
+                group[p] = RACY
 
 
 def update(path: str, stamp: dict, ctx, cone, changed: list[str], reports: dict, seen: dict, environment=(), code=()) -> None:
@@ -217,9 +235,8 @@ def update(path: str, stamp: dict, ctx, cone, changed: list[str], reports: dict,
     sig = _signer(seen)
     files, dirs, outputs = dict(stamp["files"]), dict(stamp["dirs"]), dict(stamp["outputs"])
     watch = set(stamp["watch"])
-    fresh: dict = {}
     for p in changed:
-        fresh[p] = files[p] = sig(p)
+        files[p] = sig(p)
     new_files: dict = {}
     new_dirs: dict = {}
     _watch(ctx, sig, environment, code, new_files, new_dirs, watch)
@@ -232,9 +249,9 @@ def update(path: str, stamp: dict, ctx, cone, changed: list[str], reports: dict,
         _outputs(ctx, ctx.graph.targets[name], sig, new_outputs)
     for group, new in ((files, new_files), (dirs, new_dirs), (outputs, new_outputs)):
         group.update(new)
-        fresh.update(new)
-    if any(s is not None and is_racy(s[1], started) for s in fresh.values()):
+    if any(s is not None and is_racy(s[1], started) for s in new_dirs.values()):
         return
+    _unsign_racy(started, files, outputs)
     # Folders whose listing was found unchanged: signed again, so that the
     # next check stats them instead of listing them.
     known = stamp["listings"]

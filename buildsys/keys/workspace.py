@@ -1,17 +1,19 @@
 """The workspace: the project folder and bb's state inside it (.bb/):
-the stat cache, the parse cache, each target's last action result (for
-`bb why`, and so a no-op build reads one file instead of one per target),
-the logs of the last failed runs, and what was set aside."""
+the stat cache, the parse cache, each target's last action result (the
+index, for `bb why`, `bb log`, incremental builds, and so that a lookup
+needs no store read), the logs of the last failed runs, and what was set
+aside."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import time
 
 from buildsys import STATE_DIR
 from buildsys.digest import StatCache, is_digest
-from buildsys.files import write_atomic
 from buildsys.store.api import ActionResult, CorruptEntry
 
 
@@ -20,43 +22,87 @@ class Workspace:
         self.root = root
         self.state = os.path.join(root, STATE_DIR)
         self.stats = StatCache(os.path.join(self.state, "stat-cache.json"))
-        self._last_path = os.path.join(self.state, "last-builds.json")
-        self._last: dict[str, dict] | None = None
-        self._previous: dict[str, dict] = {}  # as read at the start: what bb last wrote
-        self._last_dirty = False
+        # The index lives in SQLite: a build that changes one target of
+        # 10,000 writes one row, not the whole index.
+        self.index_path = os.path.join(self.state, "index.db")
+        self._db = None
+        self._written: dict[str, dict | None] = {}  # this build's entries, saved at the end (None: forgotten)
+        self._before: dict[str, dict | None] = {}  # what the index held for them: what bb last wrote
         self._dirs: set[str] = set()  # folders known to exist
         self.warnings: list[str] = []
+
+    # -- the index of last builds -------------------------------------------------
+
+    def _index(self):
+        """The index database, or None if there is none (or it is unusable:
+        then it counts as empty, and the build's save starts a new one)."""
+        if self._db is None:
+            if not os.path.exists(self.index_path):
+                return None
+            self._db = self._open()
+        return self._db or None
+
+    def _open(self, create: bool = False):
+        import sqlite3
+
+        try:
+            db = sqlite3.connect(self.index_path, timeout=60, isolation_level=None, check_same_thread=False)
+            db.execute("pragma journal_mode=wal")
+            db.execute("pragma synchronous=normal")
+            db.execute("create table if not exists last (target text primary key, entry text not null)")
+            return db
+        except sqlite3.DatabaseError as err:
+            if create:
+                raise OSError(str(err)) from None
+            self.warnings.append(f"ignored {os.path.relpath(self.index_path)}: it is not what bb writes ({err}); bb keeps it again from this build on")
+            return False
+
+    def _stored(self, target: str) -> dict | None:
+        """The index's entry for the target, if it is one bb writes."""
+        db = self._index()
+        if db is None:
+            return None
+        import sqlite3
+
+        try:
+            row = db.execute("select entry from last where target = ?", (target,)).fetchone()
+            entry = json.loads(row[0]) if row else None
+        except (sqlite3.DatabaseError, ValueError, TypeError):
+            return None  # never trusted: the target is looked up in the store
+        return entry if type(entry) is dict and is_digest(entry.get("key")) else None
+
+    def _entry(self, target: str) -> dict | None:
+        return self._written[target] if target in self._written else self._stored(target)
 
     @property
     def last(self) -> dict[str, str]:
         """target -> key of its last successful build."""
-        return {name: entry["key"] for name, entry in self._entries().items()}
+        found = {}
+        db = self._index()
+        if db is not None:
+            import sqlite3
+
+            with contextlib.suppress(sqlite3.DatabaseError):
+                for target, text in db.execute("select target, entry from last"):
+                    with contextlib.suppress(ValueError, TypeError, AttributeError):
+                        key = json.loads(text).get("key")
+                        if is_digest(key):
+                            found[target] = key
+        for target, entry in self._written.items():
+            if entry is None:
+                found.pop(target, None)
+            else:
+                found[target] = entry["key"]
+        return found
 
     def last_key(self, target: str) -> str | None:
         """The key of the target's last successful build."""
-        entry = self._entries().get(target)
+        entry = self._entry(target)
         return entry["key"] if entry else None
-
-    def _entries(self) -> dict[str, dict]:
-        if self._last is None:
-            try:
-                with open(self._last_path) as f:
-                    raw = json.load(f)
-            except FileNotFoundError:
-                raw = {}
-            except (OSError, ValueError):
-                raw = None
-            if type(raw) is not dict:
-                raw = {}
-                self.warnings.append(f"ignored {os.path.relpath(self._last_path)}: it is not what bb writes (bb keeps it again from this build on)")
-            # An entry bb did not write is dropped, never trusted.
-            self._last = {k: v for k, v in raw.items() if type(v) is dict and is_digest(v.get("key"))}
-            self._previous = dict(self._last)
-        return self._last
 
     def last_result(self, target: str, key: str) -> ActionResult | None:
         """The target's last result, if it was for this key."""
-        entry = self._entries().get(target)
+        entry = self._entry(target)
         if entry is None or entry["key"] != key:
             return None
         try:
@@ -64,10 +110,14 @@ class Workspace:
         except CorruptEntry:
             return None
 
+    def last_result_any(self, target: str) -> ActionResult | None:
+        """The target's last successful result, whatever its key."""
+        entry = self._entry(target)
+        return self.last_result(target, entry["key"]) if entry else None
+
     def previous_digest(self, target: str, path: str) -> str | None:
         """The digest of what bb last wrote at an output path of `target`."""
-        self._entries()
-        entry = self._previous.get(target)
+        entry = self._before[target] if target in self._before else self._stored(target)
         if entry is None:
             return None
         for out in entry.get("outputs") or ():
@@ -77,7 +127,8 @@ class Workspace:
         return None
 
     def record(self, target: str, result: ActionResult) -> None:
-        old = self._entries().get(target)
+        unsaved = target in self._written
+        old = self._entry(target)
         # Same key is not enough: a corrupt result found under it may since
         # have been replaced by a rebuild.
         if old is None or old.get("key") != result.key or old.get("log") != result.log or len(old.get("outputs") or ()) != len(result.outputs) or any(
@@ -85,23 +136,23 @@ class Workspace:
         ):
             entry = result.to_json()
             del entry["action"]  # the store has it; keep this index small
-            self._last[target] = entry
-            self._last_dirty = True
+            if not unsaved:
+                self._before.setdefault(target, old)
+            self._written[target] = entry
 
     def forget(self, target: str) -> None:
-        if self._entries().pop(target, None) is not None:
-            self._last_dirty = True
+        unsaved = target in self._written
+        old = self._entry(target)
+        if old is not None:
+            if not unsaved:
+                self._before.setdefault(target, old)
+            self._written[target] = None
 
     def ensure_dir(self, path: str) -> None:
         if path not in self._dirs:
             if not os.path.isdir(path):
                 os.makedirs(path, exist_ok=True)
             self._dirs.add(path)
-
-    def last_result_any(self, target: str) -> ActionResult | None:
-        """The target's last successful result, whatever its key."""
-        entry = self._entries().get(target)
-        return self.last_result(target, entry["key"]) if entry else None
 
     def set_aside(self, rel: str) -> str:
         """Move what sits at an output path, which bb did not write, to
@@ -131,17 +182,33 @@ class Workspace:
         return os.path.relpath(path)
 
     def save(self, index: bool = True) -> None:
-        """Write the state files; they are caches and indexes, so a full disk
-        costs a warning and some speed next time, never the build. `index`:
-        also the record of what each target's outputs hold (not after a dry
-        run, which changed none)."""
+        """Write the state; it is caches and indexes, so a full disk costs
+        a warning and some speed next time, never the build. `index`: also
+        the record of what each target's outputs hold (not after a dry run,
+        which changed none)."""
         self.stats.save()
-        if self._last_dirty and index:
+        if not (self._written and index):
+            return
+        import sqlite3
+
+        try:
+            db = self._index()
+            if db is None:
+                os.makedirs(self.state, exist_ok=True)
+                if os.path.exists(self.index_path):  # not a database: keep it aside, start anew
+                    os.replace(self.index_path, f"{self.index_path}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+                db = self._db = self._open(create=True)
+            db.execute("begin")
             try:
-                write_atomic(self._last_path, json.dumps(self._last, separators=(",", ":")).encode())
-                self._last_dirty = False
-            except OSError as err:
-                self.warnings.append(f"could not save {os.path.relpath(self._last_path)} ({err.strerror}); the next build checks more")
+                db.executemany("insert or replace into last values (?, ?)", [(t, json.dumps(e, separators=(",", ":"))) for t, e in self._written.items() if e is not None])
+                db.executemany("delete from last where target = ?", [(t,) for t, e in self._written.items() if e is None])
+                db.execute("commit")
+            except BaseException:
+                db.execute("rollback")
+                raise
+            self._written.clear()
+        except (OSError, sqlite3.DatabaseError) as err:
+            self.warnings.append(f"could not save {os.path.relpath(self.index_path)} ({err}); the next build checks more")
 
 
 class Busy(Exception):
