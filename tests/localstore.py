@@ -109,7 +109,7 @@ def write_index(state: Path, rows: dict[str, str]) -> None:
     conn = sqlite3.connect(state / "index.db", isolation_level=None)
     try:
         conn.execute("delete from last")
-        conn.executemany("insert into last values (?, ?)", rows.items())
+        conn.executemany("insert into last values (?, ?, ?)", [(t, _key_of(text), text) for t, text in rows.items()])
     finally:
         conn.close()
 
@@ -117,3 +117,12 @@ def write_index(state: Path, rows: dict[str, str]) -> None:
 def drop_index(state: Path) -> None:
     for suffix in ("", "-wal", "-shm"):
         (state / f"index.db{suffix}").unlink(missing_ok=True)
+
+
+def _key_of(text: str) -> str:
+    """The key column a forged row carries: the entry's own, where it has one."""
+    try:
+        key = json.loads(text).get("key")
+    except (ValueError, AttributeError):
+        return "garbage"
+    return key if isinstance(key, str) else "garbage"

@@ -57,14 +57,14 @@ def seed(sched, order: list[str], changed: set[str], keys: dict) -> bool:
     planner, reports = sched.planner, sched.reports
     graph, workspace = planner.graph, planner.workspace
     read = set(graph.behind_aliases({d for name in changed for d in graph.deps[name]})) - changed
-    last = workspace.last_key  # what each target was last built as, by any build of this workspace
+    last = workspace.last  # what each target was last built as, by any build of this workspace
     found = {}
     for name in order:
         if name in changed or graph.is_alias(name):
             continue  # aliases have no key: the scheduler answers them from their targets
         target = graph.targets[name]
         key = keys.get(name)
-        if target.phony or type(key) is not str or last(name) != key:
+        if target.phony or type(key) is not str or last.get(name) != key:
             return False
         if name not in read:
             found[name] = None

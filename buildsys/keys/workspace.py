@@ -49,7 +49,7 @@ class Workspace:
             db = sqlite3.connect(self.index_path, timeout=60, isolation_level=None, check_same_thread=False)
             db.execute("pragma journal_mode=wal")
             db.execute("pragma synchronous=normal")
-            db.execute("create table if not exists last (target text primary key, entry text not null)")
+            db.execute("create table if not exists last (target text primary key, key text not null, entry text not null)")
             return db
         except sqlite3.DatabaseError as err:
             if create:
@@ -76,18 +76,15 @@ class Workspace:
 
     @property
     def last(self) -> dict[str, str]:
-        """target -> key of its last successful build."""
+        """target -> key of its last successful build (one query, not one
+        per target)."""
         found = {}
         db = self._index()
         if db is not None:
             import sqlite3
 
             with contextlib.suppress(sqlite3.DatabaseError):
-                for target, text in db.execute("select target, entry from last"):
-                    with contextlib.suppress(ValueError, TypeError, AttributeError):
-                        key = json.loads(text).get("key")
-                        if is_digest(key):
-                            found[target] = key
+                found = {t: k for t, k in db.execute("select target, key from last") if is_digest(k)}
         for target, entry in self._written.items():
             if entry is None:
                 found.pop(target, None)
@@ -200,7 +197,7 @@ class Workspace:
                 db = self._db = self._open(create=True)
             db.execute("begin")
             try:
-                db.executemany("insert or replace into last values (?, ?)", [(t, json.dumps(e, separators=(",", ":"))) for t, e in self._written.items() if e is not None])
+                db.executemany("insert or replace into last values (?, ?, ?)", [(t, e["key"], json.dumps(e, separators=(",", ":"))) for t, e in self._written.items() if e is not None])
                 db.executemany("delete from last where target = ?", [(t,) for t, e in self._written.items() if e is None])
                 db.execute("commit")
             except BaseException:
