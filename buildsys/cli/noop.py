@@ -17,6 +17,7 @@ import os
 import time
 
 from buildsys import __version__
+from buildsys.lang.cache import signature as _sig
 
 def _env_digest(name: str) -> str | None:
     """Declared variables are compared by digest: their values (tokens,
@@ -27,12 +28,6 @@ def _env_digest(name: str) -> str | None:
     return None if value is None else blake3(value.encode()).hexdigest()
 
 
-def _sig(path: str):
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
 
 
 def stamp_path(state_dir: str, identity: list) -> str:

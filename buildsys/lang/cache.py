@@ -14,7 +14,6 @@ anything else, an unreadable or foreign entry included, is a miss.
 from __future__ import annotations
 
 import os
-import pickle
 
 from buildsys import __version__
 
@@ -26,6 +25,7 @@ _CODE = ("graph.py", "parse.py", "model.py", "settings.py", "values.py", "batchf
 
 
 def signature(path: str):
+    """A path's stat signature (git's rule), or None if it is not there."""
     try:
         st = os.stat(path)
     except OSError:
@@ -87,6 +87,8 @@ def _entry(state_dir: str, ident: list) -> str:
 
 def load(state_dir: str, ident: list):
     """(graph, sources, read, listings) if the cached graph is current, else None."""
+    import pickle
+
     try:
         with open(_entry(state_dir, ident), "rb") as f:
             stored, read, known, graph, sources = pickle.load(f)
@@ -105,6 +107,8 @@ def save(state_dir: str, ident: list, graph, sources, read: dict, known: dict, s
     folder -> listing; `started`: when the Batchfile began to be read.
     Nothing is saved if a file or folder changed since then (it may have
     changed after it was read)."""
+    import pickle
+
     from buildsys.digest import is_racy
     from buildsys.files import write_atomic
 
