@@ -426,7 +426,7 @@ def measure_hash(root: str, results: list, where: str) -> None:
     os.utime(paths[0])
     time.sleep(0.01)
     r = run(bb, folder, os.path.join(logs, "bb-touch.log"))
-    row(f"bb after touching 1 input (same bytes)", "bb", r, ok=tasks_ran("bb", r.output) == 0, reads_all=False)
+    row("bb after touching 1 input (same bytes)", "bb", r, ok=tasks_ran("bb", r.output) == 0, reads_all=False)
     py = [sys.executable, "-c", HASH_SNIPPET]
     row("blake3, 1 thread, mmap (as bb)", "python blake3", run(py + ["1", *paths], folder, os.path.join(logs, "b3-1.log")))
     row("blake3, all cores, mmap", "python blake3 AUTO", run(py + ["auto", *paths], folder, os.path.join(logs, "b3-auto.log")))

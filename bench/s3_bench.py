@@ -643,7 +643,6 @@ def _kinds(k: dict) -> str:
 
 def render(res: dict) -> str:
     m = res["machine"]
-    cfg = res["config"]
     lines = [
         "# bb shared S3 cache: benchmark results",
         "",
@@ -930,8 +929,8 @@ def main(argv=None) -> int:
                     started, code = time.time(), code_files()
                     res["plans"].append(stamp(plan_section(work, shape, cfg[shape]), started, code))
     finally:
-        for moto in list(_RUNNING):
-            moto.stop()
+        for server in list(_RUNNING):
+            server.stop()
         if not args.keep and not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
     res["total_seconds"] = time.time() - t0
