@@ -217,7 +217,8 @@ class TieredStore:
         inputs of remote jobs, which read them from the shared store).
         `fresh`: blobs made just now (action specs), sent without asking."""
         fresh = list(dict.fromkeys(fresh))
-        digests = [d for d in dict.fromkeys(digests) if d not in set(fresh)]
+        made = set(fresh)
+        digests = [d for d in dict.fromkeys(digests) if d not in made]
         absent = self.remote.missing_blobs(digests) if len(digests) > LIST_ABOVE else None
         todo = [d for d in digests if absent is None or d in absent]
         futures = [self._send(d, force=absent is not None) for d in todo] + [self._send(d, force=True) for d in fresh]
