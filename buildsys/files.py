@@ -1,4 +1,5 @@
-"""bb's own files (state, caches, stamps) are written whole or not at all."""
+"""bb's own files (state, caches, stamps): where they live, and that they
+are written whole or not at all."""
 from __future__ import annotations
 
 import os
@@ -21,3 +22,11 @@ def write_atomic(path: str, data: bytes) -> None:
         except OSError:
             pass
         raise
+
+
+def user_cache_dir() -> str | None:
+    """bb's cache for what holds across all of a user's projects (the Python
+    interpreters it has probed): $XDG_CACHE_HOME/bb, else ~/.cache/bb; None
+    without a home folder to put it in."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "bb") if os.path.isabs(base) else None

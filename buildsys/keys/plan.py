@@ -269,9 +269,12 @@ class Planner:
         listing is stored under its fingerprint, so `bb why` can name the
         package that changed."""
         if not hasattr(self, "_python"):
+            from buildsys.files import user_cache_dir
             from buildsys.keys.environment import python_environment
 
-            self._python = python_environment(os.environ.get("PATH", os.defpath), self.workspace.state)
+            # The probe's answer holds for every project using this
+            # interpreter: a fresh checkout or workspace need not pay it again.
+            self._python = python_environment(os.environ.get("PATH", os.defpath), user_cache_dir() or self.workspace.state)
             if self._python is not None:
                 try:
                     self.store.put_bytes(self._python.listing())
