@@ -310,3 +310,25 @@ def test_an_index_without_its_result_columns_or_with_damaged_ones(project, tmp_p
     assert statuses(project.build(), "built") == {"out/t3.txt", "out/join.txt"}
     assert project.read("out/join.txt") == "leaf 1\nleaf 2, edited\nleaf 3, edited\n"
     assert outputs(project.root) == full_build_elsewhere(project, tmp_path)
+
+
+def test_a_batchfile_edited_as_it_was_read_is_trusted_only_by_a_later_run(project):
+    """A Batchfile modified within a timestamp tick of being read could be
+    edited again with its stat unchanged: neither the graph nor the no-op
+    stamp is kept from that read, however long the build then takes; the
+    next build reads it again and keeps both."""
+    project.batchfile("""
+        out.txt: in.txt
+            sleep 1
+            cp $< $@
+    """)
+    project.write("in.txt", "in\n")
+    soon = time.time() + 0.5  # still ahead when bb reads it, long past when the build ends
+    os.utime(project.root / "Batchfile", (soon, soon))
+    project.build()
+    assert not list((project.root / ".bb" / "noop").glob("*"))
+    assert not list((project.root / ".bb" / "graph").glob("*"))
+    time.sleep(0.1)
+    assert project.build() == {"out.txt": "cached"}
+    assert list((project.root / ".bb" / "noop").glob("*"))
+    assert list((project.root / ".bb" / "graph").glob("*"))
