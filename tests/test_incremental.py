@@ -269,3 +269,66 @@ def test_a_failed_build_is_followed_by_a_correct_one(project):
     project.build(env=SEED)
     assert runs(project) == ["join", "t2"]
     assert json.loads(project.last_proc.stdout)["ok"]
+
+
+def test_an_index_without_its_result_columns_or_with_damaged_ones(project, tmp_path):
+    """An incremental build reads the results of the targets its cone reads
+    from columns of the index; an index without them (written by an earlier
+    bb) or with columns that are not what bb writes costs a slower read,
+    never a wrong build."""
+    import sqlite3
+
+    project.batchfile("""
+        @for i in [1, 2, 3]
+        out/t$(i).txt: in/$(i).txt
+            cat $< > $@
+
+        @default
+        out/join.txt: out/t1.txt out/t2.txt out/t3.txt
+            cat $^ > $@
+    """)
+    for i in (1, 2, 3):
+        project.write(f"in/{i}.txt", f"leaf {i}\n")
+    settle(project)
+
+    def sql(statement: str):
+        conn = sqlite3.connect(project.root / ".bb" / "index.db", isolation_level=None)
+        try:
+            return conn.execute(statement).fetchall()
+        finally:
+            conn.close()
+
+    sql("drop table results")
+    project.write("in/2.txt", "leaf 2, edited\n")
+    assert statuses(project.build(), "built") == {"out/t2.txt", "out/join.txt"}
+    # the incremental build read t1 and t3 from their entries, and gave them columns
+    assert {t for t, in sql("select target from results")} == {"out/t1.txt", "out/t2.txt", "out/t3.txt", "out/join.txt"}
+    settle(project)
+    sql("update results set outputs = 'out/t1.txt' || char(0) || '../../etc/passwd' || char(0) || '9' || char(0) || '0' where target = 'out/t1.txt'")
+    sql("update results set outputs = 'out/t2.txt' where target = 'out/t2.txt'")
+    project.write("in/3.txt", "leaf 3, edited\n")
+    assert statuses(project.build(), "built") == {"out/t3.txt", "out/join.txt"}
+    assert project.read("out/join.txt") == "leaf 1\nleaf 2, edited\nleaf 3, edited\n"
+    assert outputs(project.root) == full_build_elsewhere(project, tmp_path)
+
+
+def test_a_batchfile_edited_as_it_was_read_is_trusted_only_by_a_later_run(project):
+    """A Batchfile modified within a timestamp tick of being read could be
+    edited again with its stat unchanged: neither the graph nor the no-op
+    stamp is kept from that read, however long the build then takes; the
+    next build reads it again and keeps both."""
+    project.batchfile("""
+        out.txt: in.txt
+            sleep 1
+            cp $< $@
+    """)
+    project.write("in.txt", "in\n")
+    soon = time.time() + 0.5  # still ahead when bb reads it, long past when the build ends
+    os.utime(project.root / "Batchfile", (soon, soon))
+    project.build()
+    assert not list((project.root / ".bb" / "noop").glob("*"))
+    assert not list((project.root / ".bb" / "graph").glob("*"))
+    time.sleep(0.1)
+    assert project.build() == {"out.txt": "cached"}
+    assert list((project.root / ".bb" / "noop").glob("*"))
+    assert list((project.root / ".bb" / "graph").glob("*"))

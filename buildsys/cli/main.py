@@ -18,11 +18,12 @@ class Context:
     """What a command works on. (A plain class: dataclasses cost a no-op build
     more to import than the rest of its work.)"""
 
-    def __init__(self, root, batchfile, graph, workspace, store, sources=(), read=None, listings=None):
+    def __init__(self, root, batchfile, graph, workspace, store, sources=(), read=None, listings=None, read_at=0.0):
         self.root, self.batchfile, self.graph = root, batchfile, graph
         self.workspace, self.store = workspace, store
         self.sources = sources  # the Batchfile and its includes
         self.read = read or {}  # path -> stat signature when the Batchfile and globbed folders were read
+        self.read_at = read_at  # when they began to be read (or the cached graph to be loaded)
         self.listings = listings or {}  # watched folder -> the listing the graph was made from
 
     def full(self, path: str) -> str:
@@ -72,6 +73,7 @@ def load_context(args, wanted=(), shared=True) -> Context:
     state = os.path.join(root, STATE_DIR)
     overrides = getattr(args, "overrides", {})
     ident = graph_cache.identity(path, overrides, wanted)
+    started = time.time()
     cached = graph_cache.load(state, ident)
     if cached is not None:
         graph, sources, read, listings = cached
@@ -79,7 +81,6 @@ def load_context(args, wanted=(), shared=True) -> Context:
         from buildsys.lang.graph import build_graph
         from buildsys.lang.parse import load
 
-        started = time.time()
         model = load(path, state)
         graph = build_graph(model, overrides, root, wanted=wanted)
         sources = model.sources
@@ -94,7 +95,7 @@ def load_context(args, wanted=(), shared=True) -> Context:
     url = _cache_url(args, graph.settings) if shared else ""
     if url:
         store = _shared(store, url, args, graph.settings)
-    return Context(root, path, graph, Workspace(root), store, sources, read, listings)
+    return Context(root, path, graph, Workspace(root), store, sources, read, listings, started)
 
 
 def _cache_url(args, settings) -> str:

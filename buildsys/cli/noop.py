@@ -185,7 +185,9 @@ def write(path: str, ctx, roots: list[str], reports: dict, seen: dict, environme
         if p in ctx.listings:
             listings[p] = ctx.listings[p]
     sources = {os.path.abspath(s): sig(os.path.abspath(s)) for s in ctx.sources}
-    if any(s is not None and is_racy(s[1], started) for group in (dirs, sources) for s in group.values()):
+    # The Batchfile is judged as of when it was read: an edit just after that
+    # could leave its stat as it was, however long the build then took.
+    if any(s is not None and is_racy(s[1], started) for s in dirs.values()) or any(s is not None and is_racy(s[1], ctx.read_at) for s in sources.values()):
         return  # the Batchfile or a listing changed just now; let the next run take the full path
     _unsign_racy(started, files, outputs)
     _save(path, {

@@ -62,15 +62,14 @@ def seed(sched, order: list[str], changed: set[str], keys: dict) -> bool:
     for name in order:
         if name in changed or graph.is_alias(name):
             continue  # aliases have no key: the scheduler answers them from their targets
-        target = graph.targets[name]
         key = keys.get(name)
-        if target.phony or type(key) is not str or last.get(name) != key:
+        if graph.targets[name].phony or type(key) is not str or last.get(name) != key:
             return False
-        if name not in read:
-            found[name] = None
-            continue
-        result = workspace.last_result(name, key)
-        if result is None or not planner.declares(target, result):
+        found[name] = None
+    results = workspace.last_results({name: keys[name] for name in read if name in found})
+    for name in read & found.keys():
+        result = results.get(name)
+        if result is None or not planner.declares(graph.targets[name], result):
             return False  # (its blobs need not be in the store: its outputs are in place)
         found[name] = result
     for name, result in found.items():

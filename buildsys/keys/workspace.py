@@ -14,7 +14,7 @@ import time
 
 from buildsys import STATE_DIR
 from buildsys.digest import StatCache, is_digest
-from buildsys.store.api import ActionResult, CorruptEntry
+from buildsys.store.api import ActionResult, CorruptEntry, OutputEntry
 
 
 class Workspace:
@@ -28,6 +28,7 @@ class Workspace:
         self._db = None
         self._written: dict[str, dict | None] = {}  # this build's entries, saved at the end (None: forgotten)
         self._before: dict[str, dict | None] = {}  # what the index held for them: what bb last wrote
+        self._unrowed: set[str] = set()  # entries found without their columns
         self._dirs: set[str] = set()  # folders known to exist
         self.warnings: list[str] = []
 
@@ -50,6 +51,10 @@ class Workspace:
             db.execute("pragma journal_mode=wal")
             db.execute("pragma synchronous=normal")
             db.execute("create table if not exists last (target text primary key, key text not null, entry text not null)")
+            # Each entry's result again, in columns: an incremental build reads
+            # thousands at once, and decoding as many JSON entries cost more
+            # than the rest of its work.
+            db.execute("create table if not exists results (target text primary key, key text not null, outputs text not null, log text not null, exit_code integer not null, started real not null, duration real not null)")
             return db
         except sqlite3.DatabaseError as err:
             if create:
@@ -106,6 +111,34 @@ class Workspace:
             return ActionResult.from_json({**entry, "action": {}})
         except CorruptEntry:
             return None
+
+    def last_results(self, keys: dict[str, str]) -> dict[str, ActionResult]:
+        """last_result for many targets (target -> key) at once: from the
+        index's columns (without provenance) where it has them."""
+        import sqlite3
+
+        found = {}
+        db = self._index()
+        wanted = [t for t in keys if t not in self._written]
+        if db is not None and wanted:
+            # Only rows that agree with the entry in `last`, the index proper.
+            query = (
+                "select r.target, r.key, r.outputs, r.log, r.exit_code, r.started, r.duration from results r join last l"
+                " on l.target = r.target and l.key = r.key where r.target in (select value from json_each(?))"
+            )
+            with contextlib.suppress(sqlite3.DatabaseError):
+                for target, *row in db.execute(query, (json.dumps(wanted),)):
+                    result = _from_row(*row)
+                    if result is not None and result.key == keys[target]:
+                        found[target] = result
+        for target, key in keys.items():
+            if target not in found:
+                # An entry from before the columns (or an unsaved one): the
+                # columns get it at the next save.
+                result = found[target] = self.last_result(target, key)
+                if result is not None and target not in self._written:
+                    self._unrowed.add(target)
+        return {t: r for t, r in found.items() if r is not None}
 
     def last_result_any(self, target: str) -> ActionResult | None:
         """The target's last successful result, whatever its key."""
@@ -184,7 +217,7 @@ class Workspace:
         the record of what each target's outputs hold (not after a dry run,
         which changed none)."""
         self.stats.save()
-        if not (self._written and index):
+        if not ((self._written or self._unrowed) and index):
             return
         import sqlite3
 
@@ -198,14 +231,39 @@ class Workspace:
             db.execute("begin")
             try:
                 db.executemany("insert or replace into last values (?, ?, ?)", [(t, e["key"], json.dumps(e, separators=(",", ":"))) for t, e in self._written.items() if e is not None])
-                db.executemany("delete from last where target = ?", [(t,) for t, e in self._written.items() if e is None])
+                rows = {t: e for t, e in ((t, self._stored(t)) for t in self._unrowed) if e is not None}
+                rows.update(self._written)
+                db.executemany("insert or replace into results values (?, ?, ?, ?, ?, ?, ?)", [(t, *_to_row(e)) for t, e in rows.items() if e is not None])
+                for table in ("last", "results"):
+                    db.executemany(f"delete from {table} where target = ?", [(t,) for t, e in self._written.items() if e is None])
                 db.execute("commit")
             except BaseException:
                 db.execute("rollback")
                 raise
             self._written.clear()
+            self._unrowed.clear()
         except (OSError, sqlite3.DatabaseError) as err:
             self.warnings.append(f"could not save {os.path.relpath(self.index_path)} ({err}); the next build checks more")
+
+
+def _to_row(entry: dict) -> tuple:
+    outputs = "\0".join(f"{o['path']}\0{o['digest']}\0{o['size']}\0{int(o['executable'])}" for o in entry["outputs"])
+    return entry["key"], outputs, entry["log"], entry["exit_code"], entry["started"], entry["duration"]
+
+
+def _from_row(key, outputs, log, exit_code, started, duration) -> ActionResult | None:
+    """A result from its columns, checked as ActionResult.from_json checks
+    an entry (no digest that is not one, no field of another type), or None."""
+    fields = outputs.split("\0") if type(outputs) is str and outputs else []
+    if len(fields) % 4 or not (is_digest(key) and (log == "" or is_digest(log)) and type(exit_code) is int and type(started) is float and type(duration) is float):
+        return None
+    entries = []
+    for i in range(0, len(fields), 4):
+        path, digest, size, executable = fields[i : i + 4]
+        if not (is_digest(digest) and size.isdigit() and size.isascii() and executable in ("0", "1")):
+            return None
+        entries.append(OutputEntry(path, digest, int(size), executable == "1"))
+    return ActionResult(key, tuple(entries), exit_code, log, started, duration, {})
 
 
 class Busy(Exception):
