@@ -226,10 +226,9 @@ def _kind(path: str) -> str:
         return "multipart"
     if p.rstrip("/") == f"/{BUCKET}":
         return "list" if "list-type" in query or not query else "bucket"
-    for part in ("/cas/", "/ac/", "/bundles/"):
-        if part in p:
-            return part.strip("/")
-    return "object"
+    # the first kind in the path: a name's shard may be spelled like a kind (an/ac/...)
+    found = sorted((p.find(part), part) for part in ("/cas/", "/ac/", "/an/", "/bundles/") if part in p)
+    return found[0][1].strip("/") if found else "object"
 
 
 def total(kinds: collections.Counter) -> int:
@@ -737,6 +736,13 @@ def render(res: dict) -> str:
                 f"| {s['step']} | {_s(s['seconds'])} | {s['requests']} | {s.get('bb_requests', '') if s.get('bb_requests') is not None else ''} "
                 f"| {result} | {_kinds(s.get('kinds', {}))} | {s.get('maxrss_kb', 0) / 1024:.0f} MiB | {verdict} |"
             )
+        before = p.get("before")
+        if before:
+            lines += ["", f"The same steps with bb before result names ({before['commit']}), run just before on the same machine:", ""]
+            lines += [
+                f"- {s['step']}: {_s(s['seconds'])}, {s['requests']} requests ({_kinds(s.get('kinds', {}))})"
+                for s in before["steps"] if "bundles deleted" in s["step"] or s["step"] == "push"
+            ]
         lines += [
             "",
             f"- bundles deleted before the fallback steps: {p['bundles_deleted']}; bundles in the bucket after the fallback `bb build`: {p['bundles_after_build']}; "
@@ -811,8 +817,10 @@ def observations(res: dict) -> list[str]:
                 f"against {_s(local['seconds'])} for the same plan in A on the local store alone."
             )
         if none:
+            how = ("one listing of the results and their names (16 prefixes each) answers every lookup" if not none.get("kinds", {}).get("GET ac")
+                   else "it falls back to one GET per target")
             obs.append(
-                f"  Without the bundle it falls back to one GET per target: {none['requests']} requests, {_s(none['seconds'])} "
+                f"  Without the bundle {how}: {none['requests']} requests, {_s(none['seconds'])} "
                 f"({none['seconds'] / max(planned['seconds'], 1e-9):.0f}x the time with the bundle)."
                 + f" That is {1000 * none['seconds'] / max(none['requests'], 1):.1f} ms per request"
                 + (_vs_fanout(res) if p["shape"] == "chain" else "") + "."
@@ -833,6 +841,16 @@ def observations(res: dict) -> list[str]:
                    if after_pull else "the next fresh `bb plan` then costs what the 'bundles deleted' row shows (not run again here, to keep the run short).")
                 + (" **The pull replaced the plan's bundle with a smaller one**: it writes a bundle under the name of the whole plan holding only the pulled targets' results."
                    if sum(pf["bundle_entries_after"]) < sum(pf["bundle_entries_before"]) else "")
+            )
+        was = {s["step"]: s for s in p.get("before", {}).get("steps", [])}
+        if none and "bb plan, bundles deleted" in was and "bb build --json, bundles deleted" in by:
+            old, build, old_build = was["bb plan, bundles deleted"], by["bb build --json, bundles deleted"], was.get("bb build --json, bundles deleted")
+            obs.append(
+                f"  Result names ({p['before']['commit']} had none): the plan without a bundle went from {old['requests']} requests in {_s(old['seconds'])} "
+                f"to {none['requests']} in {_s(none['seconds'])}. A build that brings every output home still reads each result once (to check it against its name "
+                f"before its bytes are used, keep it locally and bundle it again) and each blob: {build['requests']} requests"
+                + (f", as before ({old_build['requests']})" if old_build else "")
+                + f". Pushing costs one more PUT per result (its name): {p['push']['requests']} requests, against {was['push']['requests']} before."
             )
         healed = by.get("bb plan after that build")
         if healed and none:

@@ -71,7 +71,8 @@ def test_stats_counts_both_stores(project, s3, tmp_path):
     alice.build(env=alice.env)
     out = alice.bb("cache", "stats", env=alice.env, check=0).stdout
     assert "local store" in out and "3 result(s)" in out
-    assert f"s3://{s3.bucket}/team: 3 result(s)" in out
+    assert len(s3.keys("an/")) == 3, "each result has a name"
+    assert f"s3://{s3.bucket}/team: 3 result(s)" in out, "names are not results"
 
 
 def test_verify_finds_corrupt_blobs_locally_and_in_s3(project, s3, tmp_path):
@@ -100,6 +101,12 @@ def test_gc_on_s3_keeps_what_the_batchfile_reaches(project, s3, tmp_path):
     proc = alice.bb("cache", "gc", "--shared", "--max-age", "0s", env=alice.env, check=0)
     assert "removed 3 action result(s)" in proc.stdout
     assert len(s3.keys("ac/")) == 3
+    # a result's name goes with it, and so does a name whose result is not there
+    key = lambda object_name: object_name.rsplit("/", 1)[-1].split(".")[0]
+    assert sorted(key(n) for n in s3.keys("an/")) == sorted(key(r) for r in s3.keys("ac/"))
+    s3.put(f"team/an/00/{'0' * 64}.-.0.0.{'1' * 64}.1.f.YQ", b"")
+    alice.bb("cache", "gc", "--shared", "--max-age", "0s", env=alice.env, check=0)
+    assert sorted(key(n) for n in s3.keys("an/")) == sorted(key(r) for r in s3.keys("ac/"))
     # what is left still serves a teammate with the current inputs
     bob = person(tmp_path, "bob", s3)
     bob.write("src.txt", "version two\n")

@@ -145,7 +145,7 @@ def test_path_escaping_result_is_rejected(project, s3, tmp_path):
         result = json.loads(s3.get(key))
         result["outputs"][0]["path"] = "../../../escaped.txt"
         s3.put(key, json.dumps(result).encode())
-    for key in s3.keys("bundles/"):
+    for key in s3.keys("bundles/") + s3.keys("an/"):  # only the result can answer
         s3.client.delete_object(Bucket=s3.bucket, Key=key)
     bob = checkout(tmp_path, "bob", s3, tmp_path / "bob" / "runs.log")
     report = bob.build("out/clean.txt", env=bob.env)
@@ -269,3 +269,85 @@ def test_lookups_of_a_graph_without_bundle_stop_at_one_listing(project, s3, tmp_
     carol = person("carol", 1000, word="w")  # nothing of it is shared
     carol.build("--cache-read-only", "out/*.txt", env=carol.env)
     assert carol.last_report["summary"]["cache"]["requests"] <= 256 + 16 + 16 + 4, carol.last_report["summary"]
+
+
+NAMED = "@for i in 1..40\nout/$(i).txt: src.txt\n\techo v$(i) > $@\n"
+
+
+def named_graph(tmp_path, name: str, s3, endpoint: str = "") -> Project:
+    """40 targets: more lookups than a listing costs, so without a bundle the names answer."""
+    p = Project(tmp_path / name)
+    p.root.mkdir()
+    p.batchfile(NAMED)
+    p.write("src.txt", "s\n")
+    p.env = {**s3.env, **({"AWS_ENDPOINT_URL": endpoint} if endpoint else {})}
+    return p
+
+
+def names_by_target(s3) -> dict[str, str]:
+    """target -> the object name of its result's name (the path is its last field, base64)."""
+    import base64
+
+    found = {}
+    for name in s3.keys("an/"):
+        path = name.rsplit(".", 1)[-1]
+        found[base64.urlsafe_b64decode(path + "=" * (-len(path) % 4)).decode()] = name
+    return found
+
+
+def test_without_a_bundle_plans_come_from_result_names(project, s3, tmp_path, moto_endpoint):
+    from faulty_proxy import FaultyProxy
+
+    alice = named_graph(tmp_path, "alice", s3)
+    alice.build("out/*.txt", env=alice.env)
+    assert len(s3.keys("an/")) == len(s3.keys("ac/")) == 40, "every result has a name"
+    for key in s3.keys("bundles/"):
+        s3.client.delete_object(Bucket=s3.bucket, Key=key)
+    proxy = FaultyProxy(moto_endpoint)
+    try:
+        bob = named_graph(tmp_path, "bob", s3, proxy.url)
+        proc = bob.bb("plan", "out/*.txt", env=bob.env, check=0)
+        assert "0 to run, 40 cached" in proc.stderr, proc.stderr
+        assert not [p for _, p in proxy.seen if "/ac/" in p], "no result is read to plan"
+        assert len(proxy.seen) <= 1 + 2 * 16 + 2, proxy.seen  # the bundle, the listings of ac/ and an/
+    finally:
+        proxy.close()
+    bob = named_graph(tmp_path, "bob2", s3)
+    report = bob.build("out/*.txt", env=bob.env)
+    assert statuses(report, "cached") == {f"out/{i}.txt" for i in range(1, 41)}
+    assert bob.read("out/7.txt") == "v7\n"
+    # what is kept locally and bundled again is the full result, not the name
+    kept = localstore.results(bob.root / ".bb")
+    assert len(kept) == 40 and all(r["action"] for r in kept.values())
+    [bundle] = s3.keys("bundles/")
+    assert all(r["action"] for r in json.loads(s3.get(bundle)).values())
+
+
+def test_result_names_are_checked_against_their_results(project, s3, tmp_path):
+    """Names are as untrusted as results: one that does not parse is ignored
+    (the result is read instead), one for a result that is not there is
+    ignored, and one that lies about its outputs is caught before its bytes
+    are used: the target is rebuilt, with a warning."""
+    alice = named_graph(tmp_path, "alice", s3)
+    alice.build("out/*.txt", env=alice.env)
+    for key in s3.keys("bundles/"):
+        s3.client.delete_object(Bucket=s3.bucket, Key=key)
+    names = names_by_target(s3)
+    drop = lambda name: s3.client.delete_object(Bucket=s3.bucket, Key=name)
+    # malformed: the size of out/2.txt's output is not a number
+    fields = names["out/2.txt"].split(".")
+    drop(names["out/2.txt"])
+    s3.put(".".join(fields[:5] + ["many"] + fields[6:]), b"")
+    # a lie: out/1.txt's name claims out/3.txt's output (a real blob)
+    fields, other = names["out/1.txt"].split("."), names["out/3.txt"].split(".")
+    drop(names["out/1.txt"])
+    s3.put(".".join(fields[:4] + other[4:6] + fields[6:]), b"")
+    # a name whose result does not exist
+    s3.put(f"team/an/ff/{'f' * 64}.-.0.0.{other[4]}.3.f.b3V0LzUudHh0", b"")
+    bob = named_graph(tmp_path, "bob", s3)
+    report = bob.build("out/*.txt", env=bob.env)
+    assert report["out/1.txt"] == "built", bob.last_proc.stderr
+    assert "the name of action result" in bob.last_proc.stderr
+    assert report["out/2.txt"] == "cached"
+    for i in range(1, 41):
+        assert bob.read(f"out/{i}.txt") == f"v{i}\n"

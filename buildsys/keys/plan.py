@@ -382,7 +382,8 @@ class Planner:
         if last_key == action.key():
             return ["built before, but its result is no longer in the store"]
         try:
-            old = self.store.get_result(last_key)
+            # a shared store may know a result by its name only: the action is in the full one
+            old = getattr(self.store, "full_result", self.store.get_result)(last_key)
         except CorruptEntry:
             old = None
         try:

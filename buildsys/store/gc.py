@@ -106,7 +106,10 @@ class SharedBackend(_Backend):
         self.manifest = lambda d: read_manifest(tiered, d)
 
     def results(self):
-        return ((key, mtime) for key, _, mtime in self.remote.list("ac"))
+        self.keys: set[str] = set()
+        for key, _, mtime in self.remote.list("ac"):
+            self.keys.add(key)
+            yield key, mtime
 
     def blobs(self):
         return self.remote.list("cas")
@@ -119,6 +122,11 @@ class SharedBackend(_Backend):
         return _names(result, self.manifest)
 
     def delete_results(self, keys):
+        # Names first, so none announces a result already gone; with them go
+        # names whose results were not listed (one written meanwhile loses
+        # its name only: its result is then found by GET).
+        gone = set(keys)
+        self.remote.delete("an", [n for n, _, _ in self.remote.list("an") if n.split(".", 1)[0] in gone or n.split(".", 1)[0] not in self.keys])
         self.remote.delete("ac", keys)
 
     def delete_blobs(self, digests):

@@ -3,7 +3,15 @@ local one:
 
     s3://bucket/prefix/cas/<d[:2]>/<digest>     blobs
     s3://bucket/prefix/ac/<k[:2]>/<key>         action results
+    s3://bucket/prefix/an/<k[:2]>/<name>        empty objects whose names carry what
+                                                planning needs of a result (result_name)
     s3://bucket/prefix/bundles/<project digest> results of recent builds in one object
+
+A listing returns names, not contents: 10,000 result names arrive in about
+ten listing pages, where their results would take 10,000 GETs. A name is
+written after its result and removed before it, and trusted no more than the
+result: one that does not parse is ignored, and one that disagrees with its
+result makes the entry corrupt.
 
 boto3 is configured as a user would: the standard credential chain and
 profiles (AWS_PROFILE), the region, and AWS_ENDPOINT_URL for S3-compatible
@@ -13,6 +21,7 @@ backoff. boto3 is imported only when a shared cache is in use.
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -22,9 +31,54 @@ from dataclasses import dataclass
 
 from buildsys.digest import blake3, is_digest
 from buildsys.errors import BBError
-from buildsys.store.api import ActionResult, CorruptEntry
+from buildsys.store.api import ActionResult, CorruptEntry, OutputEntry
 
 SMALL = 8 << 20  # below this a blob moves in one request; above, multipart
+NAME_LIMIT = 1024  # S3's longest object key, in UTF-8 bytes
+_COUNT = re.compile(r"[0-9]{1,18}")
+_B64 = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def result_name(result: ActionResult) -> str:
+    """A result as an object name: its key, log, start and duration (ms),
+    then per output its digest, size, x or f (executable or not) and its
+    path in unpadded URL-safe base64, all joined by dots (no field holds
+    one, and every character is safe in an S3 key). Only a successful
+    result has a name (a failed recipe leaves no result)."""
+    fields = [result.key, result.log or "-", str(round(result.started * 1000)), str(round(result.duration * 1000))]
+    for o in result.outputs:
+        path = base64.urlsafe_b64encode(o.path.encode()).rstrip(b"=").decode()
+        fields += [o.digest, str(o.size), "x" if o.executable else "f", path]
+    return ".".join(fields)
+
+
+def parse_name(name: str) -> ActionResult | None:
+    """The light result a name carries (no action, no provenance), or None
+    when it is not one that result_name writes."""
+    fields = name.split(".")
+    if len(fields) < 8 or len(fields) % 4:
+        return None
+    key, log, started, duration = fields[:4]
+    if not is_digest(key) or not (log == "-" or is_digest(log)) or not (_COUNT.fullmatch(started) and _COUNT.fullmatch(duration)):
+        return None
+    outputs = []
+    for i in range(4, len(fields), 4):
+        digest, size, mode, path = fields[i : i + 4]
+        if not is_digest(digest) or not _COUNT.fullmatch(size) or mode not in ("x", "f") or not _B64.fullmatch(path):
+            return None
+        try:
+            text = base64.urlsafe_b64decode(path + "=" * (-len(path) % 4)).decode()
+        except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
+            return None
+        outputs.append(OutputEntry(text, digest, int(size), mode == "x"))
+    result = ActionResult(key, tuple(outputs), 0, "" if log == "-" else log, int(started) / 1000, int(duration) / 1000, {})
+    # one spelling per result: base64's spare bits, leading zeros and the like are not
+    return result if result_name(result) == name else None
+
+
+def agrees(named: ActionResult | None, full: ActionResult | None) -> bool:
+    """Does a result say what its name says (outputs, log, success)?"""
+    return named is not None and full is not None and full.exit_code == 0 and full.outputs == named.outputs and full.log == named.log
 
 
 class S3Error(BBError):
@@ -180,9 +234,27 @@ class S3Store:
         return ActionResult.parse(body, key, str(self.url))
 
     def put_result(self, result: ActionResult) -> None:
+        """The result, then its name (so a name never announces a result not
+        yet written; a crash in between leaves a result found by GET)."""
         data = result.to_bytes()
         self._call("uploading an action result", self.client.put_object, Key=self.result_key(result.key), Body=data)
-        self.bytes_up += len(data)
+        with self._lock:
+            self.bytes_up += len(data)
+        name = self.name_key(result)
+        if name is not None:
+            self._call("uploading a result name", self.client.put_object, Key=name, Body=b"")
+
+    def name_key(self, result: ActionResult) -> str | None:
+        """Where the result's name goes, or None when it has none: a failed
+        result, or outputs too many or too long for an object key (such a
+        result is found by GET)."""
+        if result.exit_code != 0:
+            return None
+        name = result_name(result)
+        where = self._key("an", result.key[:2], name)
+        if len(where.encode()) > NAME_LIMIT or not agrees(parse_name(name), result):
+            return None
+        return where
 
     def get_bundle(self, name: str) -> dict:
         """key -> result JSON, or {} when there is no such bundle."""
@@ -264,24 +336,42 @@ class S3Store:
 
     # -- listing and removal (cache ls, stats, gc) ---------------------------------------
 
-    def result_keys(self, pmap=map) -> set[str]:
-        """The key of every result in the bucket: sixteen listings, one per
-        first hex digit, run through `pmap` side by side (1,000 keys a page)."""
-        def listing(first: str) -> list[str]:
+    def listing(self, kinds, pmap=map) -> dict[str, list[str]]:
+        """kind -> the name of every object under it (ac/, an/...): sixteen
+        listings per kind, one per first hex digit, run through `pmap` side
+        by side (1,000 names a page)."""
+        def one(job: tuple[str, str]) -> tuple[str, list[str]]:
+            kind, first = job
             paginator = self.client.get_paginator("list_objects_v2")
             try:
-                return [
+                return kind, [
                     o["Key"].rsplit("/", 1)[-1]
-                    for page in paginator.paginate(Bucket=self.url.bucket, Prefix=f"{self._key('ac')}/{first}")
+                    for page in paginator.paginate(Bucket=self.url.bucket, Prefix=f"{self._key(kind)}/{first}")
                     for o in page.get("Contents", ())
                 ]
             except Exception as err:
-                raise _explain(err, self.url, "listing action results") from None
+                raise _explain(err, self.url, f"listing {kind}/") from None
 
-        return {k for keys in pmap(listing, "0123456789abcdef") for k in keys if is_digest(k)}
+        found: dict[str, list[str]] = {kind: [] for kind in kinds}
+        for kind, names in pmap(one, [(kind, first) for kind in kinds for first in "0123456789abcdef"]):
+            found[kind].extend(names)
+        return found
+
+    def result_index(self, pmap=map) -> tuple[set[str], dict[str, ActionResult]]:
+        """The key of every result in the bucket, and the light result of
+        every named one that is there. A key with two names (a result
+        written again with other outputs) keeps neither: GET decides."""
+        found = self.listing(("ac", "an"), pmap)
+        keys = {k for k in found["ac"] if is_digest(k)}
+        named: dict[str, ActionResult | None] = {}
+        for name in found["an"]:
+            result = parse_name(name)
+            if result is not None and result.key in keys:
+                named[result.key] = None if result.key in named else result
+        return keys, {k: r for k, r in named.items() if r is not None}
 
     def list(self, kind: str):
-        """(name, size, last modified epoch) of every object under cas/ or ac/."""
+        """(name, size, last modified epoch) of every object under cas/, ac/ or an/."""
         paginator = self.client.get_paginator("list_objects_v2")
         try:
             for page in paginator.paginate(Bucket=self.url.bucket, Prefix=self._key(kind) + "/"):

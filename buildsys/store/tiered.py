@@ -6,9 +6,12 @@ once). Writes: always local; unless read-only, each new result is uploaded in
 the background, blobs first and the action result last, so a shared result
 never names a blob that is not there. The results of a project's recent
 builds also travel as one bundle object (a few per target), so planning a
-cached graph costs one request, not one per target, whatever the selection;
-without a bundle, a few hundred misses lead to one listing of the shared
-results, which answers the rest.
+cached graph costs one request, not one per target, whatever the selection.
+Where no bundle answers (none at all, or a few hundred lookups it cannot
+answer), one listing of the shared results and their names (s3.result_name)
+answers the rest: a named result is planned from its name alone, and its
+full result is fetched, and checked against the name, only where it is
+needed (its outputs are downloaded, it is kept locally or bundled, `bb why`).
 """
 from __future__ import annotations
 
@@ -16,14 +19,15 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from buildsys.store.s3 import S3Store
+from buildsys.store.s3 import S3Store, agrees
 from buildsys.store.api import ActionResult, CorruptEntry, read_manifest
 from buildsys.store.local import LocalStore
 
 TRANSFER_THREADS = 16
 LIST_ABOVE = 1000  # blobs to upload above which the bucket is listed instead of asked blob by blob
 BUNDLE_KEEP = 3  # results per target a project's bundle keeps
-LIST_RESULTS_AFTER = 256  # shared misses after which the shared results are listed once
+LIST_RESULTS_AFTER = 256  # lookups a bundle did not answer after which the shared results are listed once
+LIST_UNBUNDLED_AFTER = 32  # the same without any bundle: a listing costs 32 requests at least
 
 
 class TieredStore:
@@ -49,18 +53,28 @@ class TieredStore:
         self._bad: set[str] = set()  # digests whose shared copy is missing or corrupt
         self._uploaded: set[str] = set()
         self._sending: dict = {}  # digest -> its upload (a future)
-        self._misses = 0
+        self._bundle_name: str | None = None
+        self._asked = 0  # lookups the bundle did not answer
+        self._list_after = LIST_RESULTS_AFTER
         self._listed: set[str] | None = None  # keys of every shared result, once listed
+        self._names: dict[str, ActionResult] = {}  # key -> the light result its name carries, once listed
         self._listing = threading.Lock()  # held while they are listed
+        self._from_names: set[str] = set()  # keys answered by a name
+        self._light: dict[str, ActionResult] = {}  # key -> its light result, not yet checked against the full one
+        self._by_name: dict[str, set[str]] = {}  # digest -> keys answered by names that name it
+        self._false_names: dict[str, str] = {}  # key -> why its name was found false
 
     # -- results --------------------------------------------------------------------
 
     def load_bundle(self, name: str) -> None:
         self._bundle_name = name
         self._bundle = self.remote.get_bundle(name)
+        # Without a bundle every lookup is a request: list as soon as that costs more.
+        self._list_after = LIST_RESULTS_AFTER if self._bundle else LIST_UNBUNDLED_AFTER
 
     def _from_remote(self, key: str, ask: bool = False) -> ActionResult | None:
-        """`ask`: send the request even if a listing says the key is absent."""
+        """`ask`: send the request, whatever a listing says (a remote worker
+        may have written the result since)."""
         if key in self._remote_results:
             return self._remote_results[key]
         raw = self._bundle.get(key)
@@ -74,38 +88,76 @@ class TieredStore:
                 result = None
             if result is None:
                 self.corrupt_in_bundle.add(key)
-        if result is None and (ask or not self._known_absent(key)):
+        if result is None and not ask:
+            with self._guard:
+                self._asked += 1
+                due = self._asked >= self._list_after
+            if due:
+                self._list()
+            result = self._names.get(key)
+            if result is not None:
+                self._named_answer(result)
+        if result is None and (ask or self._listed is None or key in self._listed):
             result = self.remote.get_result(key)
-            if result is None:
-                self._missed()
         self._remote_results[key] = result
         if result is not None:
             self._named.update(o.digest for o in result.outputs)
         return result
 
-    def _missed(self) -> None:
-        """A shared lookup found nothing. Past LIST_RESULTS_AFTER of those
-        (a graph the team never built, or no bundle for it), one listing of
-        the shared results answers every later miss without a request."""
-        with self._guard:
-            if self._misses + 1 == LIST_RESULTS_AFTER:
-                self._listing.acquire()  # before anyone can see the count reached
-            self._misses += 1
-            if self._misses != LIST_RESULTS_AFTER:
+    def _list(self) -> None:
+        """List the shared results and their names, once; a caller that
+        comes while the listing is under way waits for it."""
+        with self._listing:
+            if self._listed is not None:
                 return
-        try:
             # threads of its own: this runs on a transfer thread, and the
             # listings must never wait for one
             with ThreadPoolExecutor(max_workers=16, thread_name_prefix="bb-s3-list") as pool:
-                self._listed = self.remote.result_keys(pool.map)
-        finally:
-            self._listing.release()
+                self._listed, self._names = self.remote.result_index(pool.map)
 
-    def _known_absent(self, key: str) -> bool:
-        if self._misses >= LIST_RESULTS_AFTER:
-            with self._listing:  # wait for the listing under way
-                pass
-        return self._listed is not None and key not in self._listed
+    def _named_answer(self, result: ActionResult) -> None:
+        with self._guard:
+            self._from_names.add(result.key)
+            self._light[result.key] = result
+            for digest in _blobs_named(result):
+                self._by_name.setdefault(digest, set()).add(result.key)
+
+    def _full(self, result: ActionResult) -> ActionResult:
+        """The full result for one answered by its name: fetched once, and
+        it must say what the name says, else the entry is corrupt."""
+        key = result.key
+        if key not in self._from_names:
+            return result
+        light = self._light.get(key)
+        if light is None:
+            if key in self._false_names:
+                raise CorruptEntry(self._false_names[key])
+            return self._remote_results[key]  # checked already
+        try:
+            full = self.remote.get_result(key)
+            problem = None if agrees(light, full) else "names other outputs than the result" if full else "names a result that is not there"
+        except CorruptEntry as err:
+            problem = f"names a result that is not valid ({err})"
+        with self._guard:
+            if problem:
+                self._false_names[key] = f"the name of action result {key[:12]} in {self.remote.url} {problem}"
+            else:
+                self._remote_results[key] = full
+            self._light.pop(key, None)
+        if problem:
+            raise CorruptEntry(self._false_names[key])
+        return full
+
+    def _check_names(self, digest: str) -> None:
+        """Before a blob that names named is used: fetch their results and
+        check them, once (a false name raises CorruptEntry, every time)."""
+        for key in list(self._by_name.get(digest, ())):
+            self._full(self._remote_results[key])
+
+    def full_result(self, key: str) -> ActionResult | None:
+        """Like get_result, but never a result known only by its name (`bb why` reads its action)."""
+        result = self.get_result(key)
+        return None if result is None else self._full(result)
 
     def prefetch(self, keys, *, even_local: bool = False) -> None:
         """Ask the shared store for several results at once (by default only
@@ -114,6 +166,8 @@ class TieredStore:
             k for k in dict.fromkeys(keys)
             if k not in self._remote_results and k not in self._bundle and (even_local or not self.local.has_result(k))
         ]
+        if self._asked + len(missing) >= self._list_after:
+            self._list()  # before sending requests the listing would answer
         if len(missing) > 1:
             list(self._pool.map(self._quiet_fetch, missing))
 
@@ -168,6 +222,7 @@ class TieredStore:
         return self.local.has_blob(digest) or digest in self._named
 
     def _ensure_local(self, digest: str) -> None:
+        self._check_names(digest)
         if self.local.has_blob(digest):
             return
         with self._guard:
@@ -193,7 +248,7 @@ class TieredStore:
 
     def fetch_many(self, digests) -> None:
         """Download blobs concurrently (materializing a tree, pulling outputs)."""
-        todo = [d for d in dict.fromkeys(digests) if not self.local.has_blob(d)]
+        todo = [d for d in dict.fromkeys(digests) if d in self._by_name or not self.local.has_blob(d)]
         for future in [self._blob_pool.submit(self._ensure_local, d) for d in todo]:
             future.result()
 
@@ -286,14 +341,22 @@ class TieredStore:
             future.result()
         self._uploads = []
         self._raise_upload_errors()
-        for result in results.values():
-            if result.key in self._remote_results and all(self.local.has_blob(d) for d in self.blobs_of_local(result)):
-                try:
-                    if result.log:
-                        self._ensure_local(result.log)
-                except CorruptEntry:
-                    continue  # its log is gone or bad: keep only the outputs
-                self.local.put_result(result)
+        kept = [r for r in results.values() if r.key in self._remote_results and all(self.local.has_blob(d) for d in self.blobs_of_local(r))]
+        for result in self._pool.map(self._full_or_none, kept):  # a result known by its name is fetched first
+            try:
+                if result is None:
+                    continue
+                if result.log:
+                    self._ensure_local(result.log)
+            except CorruptEntry:
+                continue  # its log is gone or bad: keep only the outputs
+            self.local.put_result(result)
+
+    def _full_or_none(self, result: ActionResult) -> ActionResult | None:
+        try:
+            return self._full(result)
+        except CorruptEntry:
+            return None
 
     def share(self, results: dict[str, ActionResult]) -> None:
         """After a build (`results`: target -> its result): share local
@@ -306,9 +369,11 @@ class TieredStore:
             r for r in results.values()
             if r.key not in self._bundle and r.key not in self._uploaded and self._remote_results.get(r.key) is None
         ])
-        bundle = getattr(self, "_bundle_name", None)
-        ours = {r.key: {**r.to_json(), "target": name} for name, r in results.items()}
-        if bundle and not ours.keys() <= self._bundle.keys():
+        bundle = self._bundle_name
+        if bundle and not {r.key for r in results.values()} <= self._bundle.keys():
+            # full results only (those known by their names are fetched now); a false name stays out
+            full = dict(zip(results, self._pool.map(self._full_or_none, results.values())))
+            ours = {r.key: {**r.to_json(), "target": name} for name, r in full.items() if r is not None}
             self.remote.put_bundle(bundle, merge_bundle(self._bundle, ours))
 
     def blobs_of_local(self, result: ActionResult) -> list[str]:
@@ -331,6 +396,10 @@ class TieredStore:
             "hits": self.remote_hits,
             "uploaded": self.uploaded_results,
         }
+
+
+def _blobs_named(result: ActionResult) -> list[str]:
+    return [o.digest for o in result.outputs] + ([result.log] if result.log else [])
 
 
 def merge_bundle(old: dict, ours: dict, keep: int = BUNDLE_KEEP) -> dict:
