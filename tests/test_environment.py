@@ -366,3 +366,28 @@ def test_changes_in_words():
     ]
     assert changes(b"", new)[-1] == "python none -> cpython-3.12.1"
     assert changes(b"\xff\xfe junk", b"") == []
+
+
+def test_a_new_workspace_reuses_the_probe_of_another(tmp_path):
+    """The interpreter's answer is cached per user, not per workspace: a fresh
+    checkout starts no python3 to key its first build, and still notices a
+    changed interpreter."""
+    from conftest import Project
+
+    log = tmp_path / "runs.log"
+    wrapper = logging_wrapper(tmp_path / "wrap", sys.executable, log)
+    env = {"PATH": f"{wrapper.parent}{os.pathsep}{os.environ['PATH']}", "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    for name in ("a", "b"):
+        ws = Project(tmp_path / name)
+        ws.write("Batchfile", "out.txt:\n    echo hi > $@\n")
+        ws.bb("build", check=0, env=env)
+        assert ws.read("out.txt") == "hi\n"
+        assert runs(log) == 1, f"workspace {name}"
+    assert (tmp_path / "cache" / "bb" / environment.CACHE_FILE).exists()
+    assert not (tmp_path / "a" / ".bb" / environment.CACHE_FILE).exists()
+
+    logging_wrapper(tmp_path / "wrap", sys.executable, log, body=": reinstalled\n")
+    ws = Project(tmp_path / "c")
+    ws.write("Batchfile", "out.txt:\n    echo hi > $@\n")
+    ws.bb("build", check=0, env=env)
+    assert runs(log) == 2

@@ -28,6 +28,9 @@ from buildsys.run.report import BUILT, CACHED, FAILED, SKIPPED, WOULD_RUN, Targe
 from buildsys.store.api import ActionResult, CorruptEntry
 from buildsys.store.local import FileChanged
 
+_HOST = os.uname().nodename  # in each result's provenance
+
+
 def _undeclared_hint(output: bytes, action: Action, root: str) -> str:
     names = sandbox.undeclared_reads(output.decode("utf-8", "replace"), action, root)
     if names:
@@ -103,15 +106,18 @@ class Scheduler:
 
     def build(self, roots: list[str]) -> dict[str, TargetReport]:
         order = self.graph.closure(roots)
+        deps = self.graph.deps
         # Targets already reported (known up to date, their results in the
-        # planner: an incremental build) count as finished.
-        done = {name for name in order if name in self.reports}
-        waiting = {name: sum(1 for d in self.graph.deps[name] if d not in done) for name in order}
-        dependents: dict[str, list[str]] = {name: [] for name in order}
-        for name in order:
-            for dep in self.graph.deps[name]:
-                dependents[dep].append(name)
-        ready = deque(name for name in order if waiting[name] == 0 and name not in done)
+        # planner: an incremental build) count as finished, and the
+        # bookkeeping below covers only the others: in a large graph with
+        # one changed input, a few targets.
+        todo = [name for name in order if name not in self.reports]
+        waiting = {name: sum(1 for d in deps[name] if d not in self.reports) for name in todo}
+        dependents: dict[str, list[str]] = {}
+        for name in todo:
+            for dep in deps[name]:
+                dependents.setdefault(dep, []).append(name)
+        ready = deque(name for name in todo if waiting[name] == 0)
         running: dict[str, int] = {}  # target -> local job slots it holds
         # Must run, waiting for a slot: a heap, deepest target first, so that
         # when slots are short the work that finishes a chain (the report of
@@ -119,14 +125,14 @@ class Scheduler:
         runnable: list = []  # (-depth, sequence, target, action)
         sequence = itertools.count()  # ties: in the order they became ready
         depth: dict[str, int] = {}
-        for name in order:
-            depth[name] = 1 + max((depth[d] for d in self.graph.deps[name]), default=0)
+        for name in order if len(todo) > 1 else ():  # with one target, no order to choose
+            depth[name] = 1 + max((depth[d] for d in deps[name]), default=0)
         free = self.jobs
         stopping = False
-        self.ui.begin(len(order) - len(done))
+        self.ui.begin(len(todo))
 
         def release(name: str):
-            for d in dependents[name]:
+            for d in dependents.get(name, ()):
                 waiting[d] -= 1
                 if waiting[d] == 0:
                     ready.append(d)
@@ -151,7 +157,7 @@ class Scheduler:
                             self._unusable(dep, repair.reason)
                             del self.reports[dep]
                             started = {entry[2] for entry in runnable} | set(running)
-                            for d in dependents[dep]:
+                            for d in dependents.get(dep, ()):
                                 if d not in self.reports and d != name and d not in started:
                                     if d in ready:
                                         ready.remove(d)
@@ -163,7 +169,7 @@ class Scheduler:
                         self._finish(outcome)
                         release(name)
                     else:
-                        heapq.heappush(runnable, (-depth[name], next(sequence), name, outcome))
+                        heapq.heappush(runnable, (-depth.get(name, 0), next(sequence), name, outcome))
                 # Start what fits: local recipes in the free job slots, in
                 # order; remote ones up to the limit of jobs in flight, handed
                 # over together (a fan-out becomes one array job).
@@ -535,7 +541,7 @@ class Scheduler:
             log_digest = store.put_bytes(output) if output else ""
             result = ActionResult(
                 key, outputs, 0, log_digest, outcome.started, duration, action.to_json(),
-                provenance={"host": os.uname().nodename, "bb": __version__, "executor": "sandbox" if scratch else "local"},
+                provenance={"host": _HOST, "bb": __version__, "executor": "sandbox" if scratch else "local"},
             )
             store.put_result(result)
             if scratch is not None:

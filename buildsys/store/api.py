@@ -17,6 +17,10 @@ from typing import Protocol
 from buildsys.digest import FileDigest, hash_bytes, is_digest, parse_manifest
 
 
+# One encoder for every result: json.dumps with options builds a new one per call.
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+
+
 @dataclass(frozen=True)
 class OutputEntry:
     path: str  # workspace-relative; a directory ends with "/"
@@ -50,7 +54,7 @@ class ActionResult:
         }
 
     def to_bytes(self) -> bytes:
-        return json.dumps(self.to_json(), separators=(",", ":")).encode()
+        return _encode(self.to_json()).encode()
 
     @classmethod
     def from_json(cls, raw) -> "ActionResult":
