@@ -520,9 +520,11 @@ def shared(s3, golden, tmp_path) -> Shared:
     for key, data in golden.items():
         s3.put(key, data)
     b = checkout(tmp_path / "B" / "proj")
-    (tmp_path / "B" / "home").mkdir()
+    # bb's own per-user cache (the interpreter it probed) is its to write, like the workspace
+    user_cache = tmp_path / "B" / "home" / ".cache" / "bb"
+    user_cache.mkdir(parents=True)
     b.env = {**s3.env, "HOME": str(tmp_path / "B" / "home")}
-    canaries = Canaries(tmp_path, [b.root])
+    canaries = Canaries(tmp_path, [b.root, user_cache])
 
     def put_blob(data):
         d = _hash(data)
