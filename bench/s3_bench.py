@@ -37,6 +37,7 @@ import collections
 import datetime
 import filecmp
 import json
+import importlib.util
 import os
 import platform
 import re
@@ -907,11 +908,9 @@ def main(argv=None) -> int:
         "fanout": args.fanout if args.fanout is not None else (1000 if args.quick else 10000),
         "chain": args.chain if args.chain is not None else (300 if args.quick else 1000),
     }
-    try:
-        import boto3  # noqa: F401
-        import moto  # noqa: F401
-    except ImportError as err:
-        raise SystemExit(f"s3-bench: {err}; install the test extras: pip install -e '.[test]'")
+    missing = [m for m in ("boto3", "moto") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise SystemExit(f"s3-bench: {', '.join(missing)} not installed; install the test extras: pip install -e '.[test]'")
     work = os.path.abspath(args.workdir) if args.workdir else tempfile.mkdtemp(prefix="bb-s3-bench-")
     os.makedirs(work, exist_ok=True)
     need = (8 if not args.quick else 1) << 30
