@@ -332,3 +332,53 @@ def test_a_batchfile_edited_as_it_was_read_is_trusted_only_by_a_later_run(projec
     assert project.build() == {"out.txt": "cached"}
     assert list((project.root / ".bb" / "noop").glob("*"))
     assert list((project.root / ".bb" / "graph").glob("*"))
+
+
+# The output's mtime is set ahead of the clock, so that it is still "racy"
+# (too recent for its stat to be trusted) when the stamp is written, however
+# slow the machine.
+AHEAD = """
+    out.txt: src.txt
+        echo run >> runs.log
+        cat $< > $@
+        python3 -c "import os, sys, time; t = time.time() + float(sys.argv[1]); os.utime('$@', (t, t))" {ahead}
+"""
+
+
+def _stamp_text(project) -> str:
+    return "".join(p.read_text() for p in (project.root / ".bb" / "noop").glob("*"))
+
+
+def test_an_output_written_just_before_the_stamp_is_checked_by_its_bytes(project):
+    """A racy output is signed by its digest: an edit that keeps its size
+    and mtime is still seen, and the build's bytes come back."""
+    project.batchfile(AHEAD.format(ahead=30))
+    project.write("src.txt", "abcdef\n")
+    project.build()
+    assert runs(project) == ["run"]
+    assert '"racy"' in _stamp_text(project)
+    out = project.root / "out.txt"
+    st = out.stat()
+    with open(out, "r+b") as f:  # same size, same inode, the mtime put back
+        f.write(b"ABCDEF\n")
+    os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert [st.st_size, st.st_mtime_ns, st.st_ino] == [out.stat().st_size, out.stat().st_mtime_ns, out.stat().st_ino]
+    project.build()
+    assert runs(project) == []
+    assert project.read("out.txt") == "abcdef\n"
+    assert [p.read_text() for p in (project.root / ".bb" / "modified").rglob("out.txt*")] == ["ABCDEF\n"]
+
+
+def test_the_first_no_op_after_a_build_trusts_racy_outputs_once_read(project):
+    """Right after a build, a no-op reads the racy outputs' bytes instead of
+    planning again, and signs them by their stat for the next check."""
+    project.batchfile(AHEAD.format(ahead=0.3))
+    project.write("src.txt", "abcdef\n")
+    project.build()
+    assert runs(project) == ["run"]
+    assert '"racy"' in _stamp_text(project)
+    time.sleep(0.5)
+    assert project.build() == {"out.txt": "cached"}
+    assert '"racy"' not in _stamp_text(project)
+    assert project.build() == {"out.txt": "cached"}
+    assert runs(project) == [] and project.read("out.txt") == "abcdef\n"

@@ -284,8 +284,11 @@ def cmd_build(args) -> int:
     stamp = changed = None
     if not args.always_make:
         stamp = noop.read(path)
-        changed = noop.changes(stamp) if stamp is not None else None
+        settled: dict = {}
+        changed = noop.changes(stamp, settled) if stamp is not None else None
         if changed == ([], []):
+            if settled:
+                noop.settle(path, stamp, settled)
             entries = [{"target": name, "status": "cached", "key": key, "duration": 0.0} for name, key in stamp["report"]]
             _report(args, entries, time.time() - t0)
             return 0
@@ -311,13 +314,14 @@ def cmd_build(args) -> int:
     failed = [r for r in reports.values() if r.status == "failed"]
     if not failed:
         seen = {p: s for p, (s, _) in ctx.workspace.stats.seen.items()}
+        digests = {p: d for p, (_, d) in ctx.workspace.stats.seen.items()}
         seen.update(ctx.read)
         python = getattr(ctx.planner, "_python", None)
         environment = python.watch if python else ()
         if cone is None:
-            noop.write(path, ctx, roots, reports, seen, environment, ctx.planner.code_watch())
+            noop.write(path, ctx, roots, reports, seen, digests, environment, ctx.planner.code_watch())
         else:
-            noop.update(path, stamp, ctx, cone, changed[0], reports, seen, environment, ctx.planner.code_watch())
+            noop.update(path, stamp, ctx, cone, changed[0], reports, seen, digests, environment, ctx.planner.code_watch())
     _report(args, [r.to_json() for r in reports.values()], seconds)
     if failed:
         names = ", ".join(f"'{r.name}'" for r in failed[:5])

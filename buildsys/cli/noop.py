@@ -46,11 +46,12 @@ def read(path: str) -> dict | None:
     return stamp if type(stamp) is dict else None
 
 
-def changes(stamp: dict) -> tuple[list[str], list[str]] | None:
+def changes(stamp: dict, settled: dict | None = None) -> tuple[list[str], list[str]] | None:
     """The source files and the outputs that differ from the stamp (both
     empty: nothing to do); None if anything else does (the Batchfile, an
     include, a watched folder, a declared variable), or the stamp is not
-    what bb writes. Only then may a build be incremental."""
+    what bb writes. Only then may a build be incremental. `settled` gets
+    the files signed as racy that proved unchanged, with their stat now."""
     try:
         for p, sig in stamp["sources"].items():
             if _sig(p) != sig:
@@ -62,8 +63,8 @@ def changes(stamp: dict) -> tuple[list[str], list[str]] | None:
         for name, value in stamp["env"].items():
             if _env_digest(name) != value:
                 return None
-        files = [p for p, sig in stamp["files"].items() if _sig(p) != sig]
-        outputs = [p for p, sig in stamp["outputs"].items() if _sig(p) != sig]
+        files = [p for p, sig in stamp["files"].items() if _differs(p, sig, settled)]
+        outputs = [p for p, sig in stamp["outputs"].items() if _differs(p, sig, settled)]
         report, watch = stamp["report"], stamp["watch"]
         if not (type(report) is list and all(type(e) is list and len(e) == 2 and type(e[0]) is str for e in report)):
             return None
@@ -72,6 +73,35 @@ def changes(stamp: dict) -> tuple[list[str], list[str]] | None:
         return files, outputs
     except (KeyError, TypeError, AttributeError):
         return None
+
+
+def _differs(path: str, signed, settled: dict | None) -> bool:
+    """Does the file differ from its signature in the stamp? A file written
+    just before the stamp (racy: a later edit could keep its stat) is
+    signed by its digest instead, and compared by its bytes, as git does."""
+    if not (type(signed) is list and len(signed) == 2 and signed[0] == "racy"):
+        return _sig(path) != signed
+    from buildsys.digest import hash_file, is_racy
+
+    now = _sig(path)
+    try:
+        same = now is not None and hash_file(path) == signed[1]
+    except (OSError, ValueError):
+        return True
+    if not same or _sig(path) != now:
+        return True  # changed, or changing as it was read
+    if settled is not None and not is_racy(now[1], time.time()):
+        settled[path] = now
+    return False
+
+
+def settle(path: str, stamp: dict, settled: dict) -> None:
+    """After a no-op: racy files found unchanged are signed by their stat
+    again, so that the next check does not read them."""
+    for group in (stamp["files"], stamp["outputs"]):
+        for p in settled.keys() & group.keys():
+            group[p] = settled[p]
+    _save(path, stamp)
 
 
 def _same_listing(folder: str, known: dict) -> bool:
@@ -145,9 +175,10 @@ def _save(path: str, stamp: dict) -> None:
         pass
 
 
-def write(path: str, ctx, roots: list[str], reports: dict, seen: dict, environment=(), code=()) -> None:
+def write(path: str, ctx, roots: list[str], reports: dict, seen: dict, digests: dict, environment=(), code=()) -> None:
     """`seen`: path -> stat signature as the build saw it when it read the
-    file (a later stat could hide an edit made during the build)."""
+    file (a later stat could hide an edit made during the build); `digests`:
+    path -> digest of the files the build read or wrote."""
     from buildsys.digest import is_racy
 
     graph = ctx.graph
@@ -189,7 +220,7 @@ def write(path: str, ctx, roots: list[str], reports: dict, seen: dict, environme
     # could leave its stat as it was, however long the build then took.
     if any(s is not None and is_racy(s[1], started) for s in dirs.values()) or any(s is not None and is_racy(s[1], ctx.read_at) for s in sources.values()):
         return  # the Batchfile or a listing changed just now; let the next run take the full path
-    _unsign_racy(started, files, outputs)
+    _unsign_racy(started, digests, files, outputs)
     _save(path, {
         "sources": sources,
         "files": files,
@@ -202,12 +233,14 @@ def write(path: str, ctx, roots: list[str], reports: dict, seen: dict, environme
     })
 
 
-# Stands for the signature of a file changed just now: it differs from any
-# real one, so the next build looks at that file again (incrementally).
+# Stands for the signature of a file changed just now whose bytes bb did
+# not read: it differs from any real one, so the next build looks at that
+# file again (incrementally). One whose digest bb knows is signed
+# ["racy", digest] instead, and the next check compares its bytes.
 RACY = ["racy"]
 
 
-def _unsign_racy(started: float, *groups: dict) -> None:
+def _unsign_racy(started: float, digests: dict, *groups: dict) -> None:
     """A file modified within a timestamp tick of now could change again
     without its stat changing (git's racy-clean rule): its signature is not
     trusted. Only for source files and outputs, which the next build
@@ -216,11 +249,12 @@ def _unsign_racy(started: float, *groups: dict) -> None:
 
     for group in groups:
         for p, s in group.items():
-            if s is not None and s != RACY and is_racy(s[1], started):
-                group[p] = RACY
+            if s is not None and s[0] != "racy" and is_racy(s[1], started):
+                digest = digests.get(p)
+                group[p] = ["racy", digest] if digest else RACY
 
 
-def update(path: str, stamp: dict, ctx, cone, changed: list[str], reports: dict, seen: dict, environment=(), code=()) -> None:
+def update(path: str, stamp: dict, ctx, cone, changed: list[str], reports: dict, seen: dict, digests: dict, environment=(), code=()) -> None:
     """After an incremental build: the stamp it started from, with what that
     build read and wrote signed anew (the changed files, the outputs of the
     targets in `cone`, the code it found) and the new keys. Everything else
@@ -248,7 +282,7 @@ def update(path: str, stamp: dict, ctx, cone, changed: list[str], reports: dict,
         group.update(new)
     if any(s is not None and is_racy(s[1], started) for s in new_dirs.values()):
         return
-    _unsign_racy(started, files, outputs)
+    _unsign_racy(started, digests, files, outputs)
     # Folders whose listing was found unchanged: signed again, so that the
     # next check stats them instead of listing them.
     known = stamp["listings"]
