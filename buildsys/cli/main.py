@@ -314,14 +314,13 @@ def cmd_build(args) -> int:
     failed = [r for r in reports.values() if r.status == "failed"]
     if not failed:
         seen = {p: s for p, (s, _) in ctx.workspace.stats.seen.items()}
-        digests = {p: d for p, (_, d) in ctx.workspace.stats.seen.items()}
         seen.update(ctx.read)
         python = getattr(ctx.planner, "_python", None)
         environment = python.watch if python else ()
         if cone is None:
-            noop.write(path, ctx, roots, reports, seen, digests, environment, ctx.planner.code_watch())
+            noop.write(path, ctx, roots, reports, seen, environment, ctx.planner.code_watch())
         else:
-            noop.update(path, stamp, ctx, cone, changed[0], reports, seen, digests, environment, ctx.planner.code_watch())
+            noop.update(path, stamp, ctx, cone, changed[0], reports, seen, environment, ctx.planner.code_watch())
     _report(args, [r.to_json() for r in reports.values()], seconds)
     if failed:
         names = ", ".join(f"'{r.name}'" for r in failed[:5])

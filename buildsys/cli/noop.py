@@ -175,10 +175,9 @@ def _save(path: str, stamp: dict) -> None:
         pass
 
 
-def write(path: str, ctx, roots: list[str], reports: dict, seen: dict, digests: dict, environment=(), code=()) -> None:
+def write(path: str, ctx, roots: list[str], reports: dict, seen: dict, environment=(), code=()) -> None:
     """`seen`: path -> stat signature as the build saw it when it read the
-    file (a later stat could hide an edit made during the build); `digests`:
-    path -> digest of the files the build read or wrote."""
+    file (a later stat could hide an edit made during the build)."""
     from buildsys.digest import is_racy
 
     graph = ctx.graph
@@ -220,7 +219,7 @@ def write(path: str, ctx, roots: list[str], reports: dict, seen: dict, digests: 
     # could leave its stat as it was, however long the build then took.
     if any(s is not None and is_racy(s[1], started) for s in dirs.values()) or any(s is not None and is_racy(s[1], ctx.read_at) for s in sources.values()):
         return  # the Batchfile or a listing changed just now; let the next run take the full path
-    _unsign_racy(started, digests, files, outputs)
+    _unsign_racy(started, ctx.workspace.stats.seen, files, outputs)
     _save(path, {
         "sources": sources,
         "files": files,
@@ -240,21 +239,23 @@ def write(path: str, ctx, roots: list[str], reports: dict, seen: dict, digests: 
 RACY = ["racy"]
 
 
-def _unsign_racy(started: float, digests: dict, *groups: dict) -> None:
+def _unsign_racy(started: float, digested: dict, *groups: dict) -> None:
     """A file modified within a timestamp tick of now could change again
     without its stat changing (git's racy-clean rule): its signature is not
     trusted. Only for source files and outputs, which the next build
-    re-reads one by one; the stamp stays good for everything else."""
+    re-reads one by one; the stamp stays good for everything else.
+    `digested`: path -> (signature, digest) of the files the build read or
+    wrote (StatCache.seen)."""
     from buildsys.digest import is_racy
 
     for group in groups:
         for p, s in group.items():
             if s is not None and s[0] != "racy" and is_racy(s[1], started):
-                digest = digests.get(p)
+                digest = digested.get(p, (None, None))[1]
                 group[p] = ["racy", digest] if digest else RACY
 
 
-def update(path: str, stamp: dict, ctx, cone, changed: list[str], reports: dict, seen: dict, digests: dict, environment=(), code=()) -> None:
+def update(path: str, stamp: dict, ctx, cone, changed: list[str], reports: dict, seen: dict, environment=(), code=()) -> None:
     """After an incremental build: the stamp it started from, with what that
     build read and wrote signed anew (the changed files, the outputs of the
     targets in `cone`, the code it found) and the new keys. Everything else
@@ -282,7 +283,7 @@ def update(path: str, stamp: dict, ctx, cone, changed: list[str], reports: dict,
         group.update(new)
     if any(s is not None and is_racy(s[1], started) for s in new_dirs.values()):
         return
-    _unsign_racy(started, digests, files, outputs)
+    _unsign_racy(started, ctx.workspace.stats.seen, files, outputs)
     # Folders whose listing was found unchanged: signed again, so that the
     # next check stats them instead of listing them.
     known = stamp["listings"]

@@ -14,7 +14,7 @@ import time
 
 from buildsys import STATE_DIR
 from buildsys.digest import StatCache, is_digest
-from buildsys.store.api import ActionResult, CorruptEntry, OutputEntry
+from buildsys.store.api import ActionResult, CorruptEntry
 
 
 class Workspace:
@@ -252,18 +252,22 @@ def _to_row(entry: dict) -> tuple:
 
 
 def _from_row(key, outputs, log, exit_code, started, duration) -> ActionResult | None:
-    """A result from its columns, checked as ActionResult.from_json checks
-    an entry (no digest that is not one, no field of another type), or None."""
+    """A result from its columns, checked by ActionResult.from_json as an
+    entry is (no digest that is not one, no field of another type), or None."""
     fields = outputs.split("\0") if type(outputs) is str and outputs else []
-    if len(fields) % 4 or not (is_digest(key) and (log == "" or is_digest(log)) and type(exit_code) is int and type(started) is float and type(duration) is float):
+    if len(fields) % 4:
         return None
     entries = []
     for i in range(0, len(fields), 4):
         path, digest, size, executable = fields[i : i + 4]
-        if not (is_digest(digest) and size.isdigit() and size.isascii() and executable in ("0", "1")):
+        if not (size.isdigit() and size.isascii() and executable in ("0", "1")):
             return None
-        entries.append(OutputEntry(path, digest, int(size), executable == "1"))
-    return ActionResult(key, tuple(entries), exit_code, log, started, duration, {})
+        entries.append({"path": path, "digest": digest, "size": int(size), "executable": executable == "1"})
+    raw = {"key": key, "outputs": entries, "exit_code": exit_code, "log": log, "started": started, "duration": duration}
+    try:
+        return ActionResult.from_json(raw)
+    except CorruptEntry:
+        return None
 
 
 class Busy(Exception):
