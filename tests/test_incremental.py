@@ -184,8 +184,8 @@ def test_a_corrupt_or_foreign_graph_cache_is_ignored(project):
     import pickle
 
     for entry in (project.root / ".bb" / "graph").glob("*"):
-        ident, read, known, graph, sources = pickle.loads(entry.read_bytes())
-        entry.write_bytes(pickle.dumps((ident + ["other"], read, known, graph, sources)))
+        ident, sources, folders, graph = pickle.loads(entry.read_bytes())
+        entry.write_bytes(pickle.dumps((ident + ["other"], sources, folders, graph)))
     project.write("in/2.txt", "leaf 2, edited\n")
     project.build(env=SEED)
     assert runs(project) == ["join", "t2"]
@@ -382,3 +382,132 @@ def test_the_first_no_op_after_a_build_trusts_racy_outputs_once_read(project):
     assert '"racy"' not in _stamp_text(project)
     assert project.build() == {"out.txt": "cached"}
     assert runs(project) == [] and project.read("out.txt") == "abcdef\n"
+
+
+# ---- what the graph asked of its folders ---------------------------------------
+
+FOLDERS = """
+    @default
+    final.txt: out/t*.txt data/*.txt
+        echo final >> runs.log
+        cat $^ > $@
+
+    @for i in [1, 2]
+    out/t$(i).txt: in/$(i).txt
+        echo t$(i) >> runs.log
+        cat $< > $@
+"""
+
+
+def _graph_entry(project):
+    """The graph cache's entry, by inode and mtime: rewritten whenever the
+    Batchfile is expanded again."""
+    (entry,) = (project.root / ".bb" / "graph").glob("*")
+    st = entry.stat()
+    return st.st_ino, st.st_mtime_ns
+
+
+def _build_v(project) -> str:
+    """`bb build -v`'s account of the path it took."""
+    return project.bb("build", "-v", check=0).stderr
+
+
+def test_a_first_build_leaves_its_graph_and_stamp_usable(project):
+    """The first build of a checkout creates .bb/ beside the Batchfile and
+    its outputs in the folders the graph watches; neither makes the next
+    build parse the Batchfile or plan every target again."""
+    project.batchfile(FOLDERS)
+    for i in (1, 2):
+        project.write(f"in/{i}.txt", f"leaf {i}\n")
+    project.write("data/a.txt", "a\n")
+    os.utime(project.root / "Batchfile", (time.time() - 10, time.time() - 10))
+    project.build()
+    assert runs(project) == ["final", "t1", "t2"]
+    entry = _graph_entry(project)  # kept by the first build
+    time.sleep(0.06)
+    assert "planning every target" not in _build_v(project)
+    assert runs(project) == []
+    project.write("in/1.txt", "leaf 1, edited\n")
+    assert "planning every target" not in _build_v(project)
+    assert runs(project) == ["final", "t1"]
+    assert _graph_entry(project) == entry
+
+
+def test_files_the_graph_never_asked_about_change_nothing(project):
+    """Notes beside the sources, a log in the output folder, a README among
+    the data: no glob matches them and no rule names them, so the no-op
+    stays a no-op and an edit still reruns only its cone, from the cached
+    graph. A file a glob does match is seen, an output's folder included."""
+    project.batchfile(FOLDERS)
+    for i in (1, 2):
+        project.write(f"in/{i}.txt", f"leaf {i}\n")
+    project.write("data/a.txt", "a\n")
+    settle(project)
+    entry = _graph_entry(project)
+    project.write("notes.txt", "to do\n")
+    project.write("out/scratch.log", "debugging\n")
+    project.write("data/README.md", "about the data\n")
+    (project.root / "in" / "old").mkdir()
+    assert "planning every target" not in _build_v(project)
+    assert runs(project) == []
+    project.write("in/2.txt", "leaf 2, edited\n")
+    project.write("notes2.txt", "more\n")
+    assert "planning every target" not in _build_v(project)
+    assert runs(project) == ["final", "t2"]
+    assert _graph_entry(project) == entry
+    settle(project)
+    # a new file the data glob matches
+    project.write("data/b.txt", "b\n")
+    assert "planning every target: what 'data/*.txt' matches changed" in _build_v(project)
+    assert runs(project) == ["final"]
+    assert project.read("final.txt").endswith("a\nb\n")
+    settle(project)
+    # a file in the output folder that the outputs' glob matches, made by no rule
+    project.write("out/t9.txt", "stray\n")
+    assert "planning every target: what 'out/t*.txt' matches changed" in _build_v(project)
+    assert runs(project) == ["final"]
+    assert project.read("final.txt") == "leaf 1\nleaf 2, edited\nstray\na\nb\n"
+
+
+def test_a_folder_a_wildcard_folder_reaches_is_watched_once_it_appears(project):
+    """`d*/x/*.txt` reads every d*/ and its x/: an empty d2/x/ matches no
+    file yet, but the graph must now watch it, so that a file put there
+    later is seen."""
+    project.batchfile("""
+        all.txt: d*/x/*.txt
+            cat $^ > $@
+    """)
+    project.write("d1/x/a.txt", "a\n")
+    settle(project)
+    (project.root / "d2" / "x").mkdir(parents=True)
+    assert project.build() == {"all.txt": "cached"}
+    settle(project)
+    project.write("d2/x/b.txt", "b\n")
+    assert project.build() == {"all.txt": "built"}
+    assert project.read("all.txt") == "a\nb\n"
+
+
+def test_a_pattern_rules_candidate_appearing_changes_the_graph(project):
+    """Two pattern rules make %.out; the first one whose input exists wins.
+    The graph asked whether x.first exists and was told no: its appearing
+    changes which rule makes x.out, past the graph cache and the stamp."""
+    project.batchfile("""
+        @default
+        all: x.out
+
+        %.out: %.first
+            echo first > $@
+
+        %.out: %.second
+            echo second > $@
+    """)
+    project.write("x.second", "2\n")
+    settle(project)
+    assert project.read("x.out") == "second\n"
+    project.write("x.first", "1\n")
+    assert "planning every target: 'x.first' appeared" in _build_v(project)
+    assert project.read("x.out") == "first\n"
+    settle(project)
+    (project.root / "x.first").unlink()
+    assert project.build()["x.out"] == "cached"
+    assert project.read("x.out") == "second\n"

@@ -18,13 +18,12 @@ class Context:
     """What a command works on. (A plain class: dataclasses cost a no-op build
     more to import than the rest of its work.)"""
 
-    def __init__(self, root, batchfile, graph, workspace, store, sources=(), read=None, listings=None, read_at=0.0):
+    def __init__(self, root, batchfile, graph, workspace, store, sources=None, folders=None, read_at=0.0):
         self.root, self.batchfile, self.graph = root, batchfile, graph
         self.workspace, self.store = workspace, store
-        self.sources = sources  # the Batchfile and its includes
-        self.read = read or {}  # path -> stat signature when the Batchfile and globbed folders were read
+        self.sources = sources or {}  # the Batchfile and its includes: absolute path -> stat signature as read
+        self.folders = folders or {}  # the graph's watched folders -> signature as read (lang.cache.folder_signatures)
         self.read_at = read_at  # when they began to be read (or the cached graph to be loaded)
-        self.listings = listings or {}  # watched folder -> the listing the graph was made from
 
     def full(self, path: str) -> str:
         return path if os.path.isabs(path) else os.path.join(self.root, path)
@@ -74,28 +73,26 @@ def load_context(args, wanted=(), shared=True) -> Context:
     overrides = getattr(args, "overrides", {})
     ident = graph_cache.identity(path, overrides, wanted)
     started = time.time()
-    cached = graph_cache.load(state, ident)
+    cached = graph_cache.load(state, ident, root)
     if cached is not None:
-        graph, sources, read, listings = cached
+        graph, sources, folders = cached
     else:
         from buildsys.lang.graph import build_graph
         from buildsys.lang.parse import load
 
         model = load(path, state)
         graph = build_graph(model, overrides, root, wanted=wanted)
-        sources = model.sources
         # What the graph was made from, as it was read: it validates the
         # graph cache, and the no-op stamp takes these signatures as seen.
-        watched = [os.path.abspath(os.path.join(root, w)) for w in graph.watched]
-        listings = graph_cache.listings(watched, started)
-        read = {p: graph_cache.signature(p) for p in [os.path.abspath(p) for p in sources] + watched}
-        graph_cache.save(state, ident, graph, sources, read, listings, started)
+        sources = {p: graph_cache.signature(p) for p in map(os.path.abspath, model.sources)}
+        folders = graph_cache.folder_signatures(root, graph, started)
+        graph_cache.save(state, ident, graph, sources, folders, started)
     store_dir = getattr(args, "store", None) or os.environ.get("BB_STORE") or graph.settings.store or STATE_DIR
     store = LocalStore(os.path.join(root, os.path.expanduser(store_dir)))
     url = _cache_url(args, graph.settings) if shared else ""
     if url:
         store = _shared(store, url, args, graph.settings)
-    return Context(root, path, graph, Workspace(root), store, sources, read, listings, started)
+    return Context(root, path, graph, Workspace(root), store, sources, folders, started)
 
 
 def _cache_url(args, settings) -> str:
@@ -285,7 +282,14 @@ def cmd_build(args) -> int:
     if not args.always_make:
         stamp = noop.read(path)
         settled: dict = {}
-        changed = noop.changes(stamp, settled) if stamp is not None else None
+        why = [] if stamp is not None else ["no stamp of an earlier successful build of these targets"]
+        changed = noop.changes(stamp, settled, why) if stamp is not None else None
+        if args.verbose:
+            # Which path this build takes, and why: what a slow "nothing to do" needs explained.
+            if changed is None:
+                print(f"bb: planning every target: {why[0]}", file=sys.stderr)
+            elif changed != ([], []):
+                print(f"bb: {len(changed[0]) + len(changed[1])} file(s) changed since the last build: planning what they reach", file=sys.stderr)
         if changed == ([], []):
             if settled:
                 noop.settle(path, stamp, settled)
@@ -314,7 +318,6 @@ def cmd_build(args) -> int:
     failed = [r for r in reports.values() if r.status == "failed"]
     if not failed:
         seen = {p: s for p, (s, _) in ctx.workspace.stats.seen.items()}
-        seen.update(ctx.read)
         python = getattr(ctx.planner, "_python", None)
         environment = python.watch if python else ()
         if cone is None:

@@ -4,11 +4,13 @@ Batchfile is even parsed.
 
 After a successful build, a stamp records the stat of everything that could
 change the answer: the Batchfile and its includes, every source input (and
-every file and folder inside input folders), the folders whose listing
-shaped the graph (globs, pattern rules), the requested outputs in the
-workspace, and the declared environment variables. If all are unchanged,
-every key is unchanged, so there is nothing to do. Any doubt means the full
-path runs; the stamp only ever skips work the full path would also skip.
+every file and folder inside input folders), the folders the expansion
+asked about with its questions and their answers (lang.probes: a folder
+that changed is a change only where an answer did), the requested outputs
+in the workspace, and the declared environment variables. If all are
+unchanged, every key is unchanged, so there is nothing to do. Any doubt
+means the full path runs; the stamp only ever skips work the full path
+would also skip.
 """
 from __future__ import annotations
 
@@ -46,33 +48,43 @@ def read(path: str) -> dict | None:
     return stamp if type(stamp) is dict else None
 
 
-def changes(stamp: dict, settled: dict | None = None) -> tuple[list[str], list[str]] | None:
+def changes(stamp: dict, settled: dict | None = None, why: list | None = None) -> tuple[list[str], list[str]] | None:
     """The source files and the outputs that differ from the stamp (both
     empty: nothing to do); None if anything else does (the Batchfile, an
     include, a watched folder, a declared variable), or the stamp is not
     what bb writes. Only then may a build be incremental. `settled` gets
-    the files signed as racy that proved unchanged, with their stat now."""
+    the files signed as racy that proved unchanged, with their stat now;
+    `why`, the reason for a None, in words."""
+    def stale(reason: str):
+        if why is not None:
+            why.append(reason)
+        return None
+
     try:
         for p, sig in stamp["sources"].items():
             if _sig(p) != sig:
-                return None
-        known = stamp["listings"]
+                return stale(f"'{p}' changed")
+        probes, root = stamp["probes"], stamp["root"]
         for p, sig in stamp["dirs"].items():
-            if _sig(p) != sig and not _same_listing(p, known):
-                return None
+            if _sig(p) != sig:
+                if p not in probes:
+                    return stale(f"the input folder '{p}' changed")
+                change = _answers_change(p, probes, root, settled)
+                if change:
+                    return stale(f"{change} (in '{p}')")
         for name, value in stamp["env"].items():
             if _env_digest(name) != value:
-                return None
+                return stale(f"the declared variable {name} changed")
         files = [p for p, sig in stamp["files"].items() if _differs(p, sig, settled)]
         outputs = [p for p, sig in stamp["outputs"].items() if _differs(p, sig, settled)]
         report, watch = stamp["report"], stamp["watch"]
         if not (type(report) is list and all(type(e) is list and len(e) == 2 and type(e[0]) is str for e in report)):
-            return None
+            return stale("the last build's stamp is damaged")
         if not (type(watch) is list and all(type(p) is str for p in watch)):
-            return None
+            return stale("the last build's stamp is damaged")
         return files, outputs
-    except (KeyError, TypeError, AttributeError):
-        return None
+    except (KeyError, TypeError, AttributeError, ValueError):
+        return stale("the last build's stamp is damaged")
 
 
 def _differs(path: str, signed, settled: dict | None) -> bool:
@@ -96,21 +108,29 @@ def _differs(path: str, signed, settled: dict | None) -> bool:
 
 
 def settle(path: str, stamp: dict, settled: dict) -> None:
-    """After a no-op: racy files found unchanged are signed by their stat
-    again, so that the next check does not read them."""
-    for group in (stamp["files"], stamp["outputs"]):
+    """After a no-op: racy files found unchanged, and watched folders whose
+    probes still hold, are signed by their stat again, so that the next
+    check neither reads nor probes them."""
+    for group in (stamp["files"], stamp["outputs"], stamp["dirs"]):
         for p in settled.keys() & group.keys():
             group[p] = settled[p]
     _save(path, stamp)
 
 
-def _same_listing(folder: str, known: dict) -> bool:
-    """A folder the graph watches whose mtime changed (bb replaced an output
-    in it, an editor saved a file by renaming) still holds the same names."""
-    from buildsys.lang.cache import listing
+def _answers_change(folder: str, probes: dict, root: str, settled: dict | None) -> str | None:
+    """A folder the graph watches changed (bb wrote an output into it, a
+    file appeared beside the sources): which question the expansion asked
+    of it gets another answer now, in words; None if none does."""
+    from buildsys.digest import is_racy
+    from buildsys.lang.probes import first_change
 
-    digest = known.get(folder)
-    return digest is not None and listing(folder) == digest
+    now = _sig(folder)
+    change = first_change(probes[folder], root)
+    if change is None and _sig(folder) != now:
+        change = "it was changing as bb looked"
+    if change is None and settled is not None and now is not None and not is_racy(now[1], time.time()):
+        settled[folder] = now
+    return change
 
 
 def discard(path: str) -> None:
@@ -208,26 +228,27 @@ def write(path: str, ctx, roots: list[str], reports: dict, seen: dict, environme
         # every output of the graph must still be in the workspace, unchanged
         _outputs(ctx, target, sig, outputs)
     _watch(ctx, sig, environment, code, files, dirs, watch)
-    listings = {}
-    for folder in graph.watched:
-        p = os.path.abspath(full(folder))
-        dirs[p] = sig(p)
-        if p in ctx.listings:
-            listings[p] = ctx.listings[p]
-    sources = {os.path.abspath(s): sig(os.path.abspath(s)) for s in ctx.sources}
     # The Batchfile is judged as of when it was read: an edit just after that
     # could leave its stat as it was, however long the build then took.
-    if any(s is not None and is_racy(s[1], started) for s in dirs.values()) or any(s is not None and is_racy(s[1], ctx.read_at) for s in sources.values()):
-        return  # the Batchfile or a listing changed just now; let the next run take the full path
+    if any(s is not None and is_racy(s[1], started) for s in dirs.values()) or any(s is not None and is_racy(s[1], ctx.read_at) for s in ctx.sources.values()):
+        return  # an input folder or the Batchfile changed just now; let the next run take the full path
+    # The graph's folders as they were when it was made (a racy one is
+    # probed again next time): their probes say whether a change matters.
+    probes = {}
+    for folder, s in ctx.folders.items():
+        p = os.path.abspath(full(folder))
+        dirs[p] = s
+        probes[p] = graph.watched[folder]
     _unsign_racy(started, ctx.workspace.stats.seen, files, outputs)
     _save(path, {
-        "sources": sources,
+        "sources": ctx.sources,
         "files": files,
         "dirs": dirs,
         "outputs": outputs,
         "env": env,
         "watch": sorted(watch),
-        "listings": listings,
+        "root": ctx.root,
+        "probes": probes,
         "report": [[r.name, r.key] for r in reports.values()],
     })
 
@@ -284,12 +305,11 @@ def update(path: str, stamp: dict, ctx, cone, changed: list[str], reports: dict,
     if any(s is not None and is_racy(s[1], started) for s in new_dirs.values()):
         return
     _unsign_racy(started, ctx.workspace.stats.seen, files, outputs)
-    # Folders whose listing was found unchanged: signed again, so that the
-    # next check stats them instead of listing them.
-    known = stamp["listings"]
+    # Watched folders this build changed (it wrote outputs into them) whose
+    # probes still hold: signed again, so that the next check only stats them.
+    signed: dict = {}
     for p, old in stamp["dirs"].items():
-        if p in known and _sig(p) != old and _same_listing(p, known):
-            now = _sig(p)  # after the listing: a change in between makes it racy, and it stays as it was
-            if now is not None and not is_racy(now[1], started):
-                dirs[p] = now
+        if _sig(p) != old and p in stamp["probes"]:
+            _answers_change(p, stamp["probes"], stamp["root"], signed)
+    dirs.update(signed)
     _save(path, {**stamp, "files": files, "dirs": dirs, "outputs": outputs, "watch": sorted(watch), "report": [[r.name, r.key] for r in reports.values()]})

@@ -4,7 +4,6 @@ missing inputs. Everything here is iterative, so deep chains plan fine."""
 from __future__ import annotations
 
 import fnmatch
-import glob
 import itertools
 import math
 import os
@@ -14,6 +13,7 @@ from dataclasses import dataclass, field
 from buildsys import units
 from buildsys.errors import BatchfileError, Location, UsageError, did_you_mean
 from buildsys.lang.model import Attribute, Batchfile, Loop, Record, Rule, Zip, one_line, render, show
+from buildsys.lang.probes import Probes
 from buildsys.lang.settings import Settings
 from buildsys.lang.settings import resolve as resolve_settings
 from buildsys.lang.values import check_override
@@ -161,7 +161,7 @@ class Graph:
     default: str | None
     settings: Settings
     dirs: set[str] = field(default_factory=set)  # directory outputs, no trailing slash
-    watched: set[str] = field(default_factory=set)  # folders whose listing shaped the graph
+    watched: dict[str, list] = field(default_factory=dict)  # folder -> the probes of its listing that shaped the graph (lang.probes)
 
 
     def producer_of(self, path: str) -> str | None:
@@ -784,16 +784,13 @@ def _function(attr, args) -> tuple[str, ...]:
     return words
 
 
-def function_file(module: str, root: str, watched: set[str] | None = None) -> str | None:
+def function_file(module: str, probes: Probes) -> str | None:
     """The project file of a module named by @python (in the Batchfile's
-    folder or its src/ folder). `watched` receives the folders whose listing
-    decided the answer (a missing folder too: its appearing changes it)."""
+    folder or its src/ folder)."""
     rel = module.replace(".", "/")
     for base in ("", "src/"):
         for candidate in (f"{base}{rel}.py", f"{base}{rel}/__init__.py"):
-            if watched is not None:
-                watched.add(os.path.dirname(candidate) or ".")
-            if os.path.isfile(os.path.join(root, candidate)):
+            if probes.is_file(candidate):
                 return candidate
     return None
 
@@ -1176,21 +1173,13 @@ def build_graph(model: Batchfile, overrides: dict[str, str] | None = None, root:
         default = pending[0].outputs[0].rstrip("/")
 
     made_dirs = {o.rstrip("/") for p in pending for o in p.outputs if o.endswith("/")}
-    watched: set[str] = set()
+    # What the expansion asks of the disk, kept with the graph: the graph
+    # cache and the no-op stamp ask again where a folder changed.
+    probes = Probes(root)
+    exists = probes.exists
 
     def made_by(path: str) -> str | None:
         return _maker(producer, made_dirs, path)
-
-    seen_on_disk: dict[str, bool] = {}
-
-    def exists(path: str) -> bool:
-        hit = seen_on_disk.get(path)
-        if hit is None:
-            # The answer depends on the folder's listing: a fast no-op check
-            # watches that folder for entries coming or going.
-            watched.add(os.path.dirname(path.rstrip("/")) or ".")
-            hit = seen_on_disk[path] = os.path.lexists(path if os.path.isabs(path) else os.path.join(root, path))
-        return hit
 
     # Pattern rules are instantiated for paths that need a maker: a work list,
     # so chains of pattern rules (a.c -> a.o -> a) never recurse.
@@ -1242,7 +1231,7 @@ def build_graph(model: Batchfile, overrides: dict[str, str] | None = None, root:
         inputs: list[str] = []
         for word in p.inputs:
             if _is_glob(word):
-                found = _glob(word, root, declared, watched)
+                found = probes.glob(word, declared)
                 if not found:
                     raise BatchfileError(
                         f"input pattern '{word}' of '{p.outputs[0]}' matches no file and no target's output.",
@@ -1265,7 +1254,7 @@ def build_graph(model: Batchfile, overrides: dict[str, str] | None = None, root:
         given = list(dict.fromkeys(inputs))  # what a @python function is given (not `declared`: the globs' outputs list)
         if p.attrs.function:
             module = p.attrs.function[0].partition(":")[0]
-            found = function_file(module, root, watched)
+            found = function_file(module, probes)
             if found is None:
                 raise BatchfileError(
                     f"@python: no module '{_short(module)}' in the project (looked for {module.replace('.', '/')}.py here and in src/).",
@@ -1317,7 +1306,7 @@ def build_graph(model: Batchfile, overrides: dict[str, str] | None = None, root:
             hint="Create them, fix the paths, or add rules that make them.",
             detail="\n".join(lines),
         )
-    graph = Graph(targets, deps, producer, default, settings, made_dirs, watched)
+    graph = Graph(targets, deps, producer, default, settings, made_dirs, probes.by_folder)
     _postorder(graph, graph.targets)  # raises on a cycle
     return graph
 
@@ -1413,32 +1402,6 @@ def _utf8(name: str) -> bool:
 
 def _is_glob(word: str) -> bool:
     return "*" in word or "?" in word
-
-
-def _glob(pattern: str, root: str, declared: list[str], watched: set[str]) -> list[str]:
-    full = pattern if os.path.isabs(pattern) else os.path.join(root, pattern)
-    # Folders whose listing decides what the pattern matches (for the no-op check).
-    static = os.path.dirname(re.split(r"[*?]", pattern, maxsplit=1)[0]) or "."
-    watched.add(static)
-    if "**" in pattern:
-        levels = [os.path.join(static, "**")]
-    else:
-        # Every level a wildcard folder (d*/x/*.csv) reaches: d1/ gaining an
-        # x/ changes d1's listing, not the top folder's.
-        parts = (os.path.dirname(pattern) or ".").split(os.sep)
-        depth = 0 if static == "." else len(static.split(os.sep))
-        levels = [os.sep.join(parts[:i]) for i in range(max(depth, 1), len(parts) + 1)]
-    for level in levels:
-        for folder in glob.glob(os.path.join(root, level), recursive=True):
-            if os.path.isdir(folder):
-                watched.add(os.path.relpath(folder, root))
-    found = {
-        (p if os.path.isabs(pattern) else os.path.relpath(p, root)).replace(os.sep, "/")
-        for p in glob.glob(full, recursive=True)
-        if not os.path.isdir(p)
-    }
-    found.update(fnmatch.filter(declared, pattern))
-    return sorted(found)
 
 
 def _postorder(graph: Graph, roots) -> list[str]:
