@@ -14,7 +14,7 @@ import time
 
 from buildsys import STATE_DIR
 from buildsys.digest import StatCache, is_digest
-from buildsys.store.api import ActionResult, CorruptEntry
+from buildsys.store.api import ActionResult, CorruptEntry, OutputEntry
 
 
 class Workspace:
@@ -122,15 +122,14 @@ class Workspace:
         wanted = [t for t in keys if t not in self._written]
         if db is not None and wanted:
             # Only rows that agree with the entry in `last`, the index proper.
-            query = (
-                "select r.target, r.key, r.outputs, r.log, r.exit_code, r.started, r.duration from results r join last l"
-                " on l.target = r.target and l.key = r.key where r.target in (select value from json_each(?))"
-            )
+            columns = "select r.target, r.key, r.outputs, r.log, r.exit_code, r.started, r.duration, l.key from results r join last l on l.target = r.target"
+            # Many targets: one pass over the table beats as many lookups.
+            query, args = (columns, ()) if len(wanted) > 1000 else (columns + " where r.target in (select value from json_each(?))", (json.dumps(wanted),))
             with contextlib.suppress(sqlite3.DatabaseError):
-                for target, *row in db.execute(query, (json.dumps(wanted),)):
-                    result = _from_row(*row)
-                    if result is not None and result.key == keys[target]:
-                        found[target] = result
+                for target, *row, last_key in db.execute(query, args):
+                    if keys.get(target) == row[0] == last_key and target not in self._written:
+                        found[target] = _from_row(*row)
+                found = {t: r for t, r in found.items() if r is not None}
         for target, key in keys.items():
             if target not in found:
                 # An entry from before the columns (or an unsaved one): the
@@ -252,7 +251,7 @@ def _to_row(entry: dict) -> tuple:
 
 
 def _from_row(key, outputs, log, exit_code, started, duration) -> ActionResult | None:
-    """A result from its columns, checked by ActionResult.from_json as an
+    """A result from its columns, checked by ActionResult.checked as an
     entry is (no digest that is not one, no field of another type), or None."""
     fields = outputs.split("\0") if type(outputs) is str and outputs else []
     if len(fields) % 4:
@@ -262,10 +261,9 @@ def _from_row(key, outputs, log, exit_code, started, duration) -> ActionResult |
         path, digest, size, executable = fields[i : i + 4]
         if not (size.isdigit() and size.isascii() and executable in ("0", "1")):
             return None
-        entries.append({"path": path, "digest": digest, "size": int(size), "executable": executable == "1"})
-    raw = {"key": key, "outputs": entries, "exit_code": exit_code, "log": log, "started": started, "duration": duration}
+        entries.append(OutputEntry(path, digest, int(size), executable == "1"))
     try:
-        return ActionResult.from_json(raw)
+        return ActionResult.checked(key, tuple(entries), exit_code, log, started, duration, {}, {})
     except CorruptEntry:
         return None
 

@@ -65,19 +65,25 @@ class ActionResult:
             outputs = tuple(
                 OutputEntry(o["path"], o["digest"], o["size"], o["executable"]) for o in raw["outputs"]
             )
-            result = cls(
+            return cls.checked(
                 raw["key"], outputs, raw["exit_code"], raw["log"], raw["started"], raw["duration"],
                 raw.get("action", {}), raw.get("provenance", {}),
             )
         except (TypeError, KeyError, AttributeError, ValueError):
             raise CorruptEntry("malformed") from None
+
+    @classmethod
+    def checked(cls, key, outputs: tuple, exit_code, log, started, duration, action, provenance) -> "ActionResult":
+        """A result from fields read from outside (a store, the index), each
+        checked as from_json checks them; CorruptEntry if one is not."""
         ok = (
-            is_digest(result.key)
-            and (result.log == "" or is_digest(result.log))
-            and type(result.exit_code) is int
-            and all(type(x) in (int, float) for x in (result.started, result.duration))
-            and type(result.action) is dict
-            and type(result.provenance) is dict
+            is_digest(key)
+            and (log == "" or is_digest(log))
+            and type(exit_code) is int
+            and type(started) in (int, float)
+            and type(duration) in (int, float)
+            and type(action) is dict
+            and type(provenance) is dict
             and all(
                 type(o.path) is str and is_digest(o.digest) and type(o.size) is int and o.size >= 0 and type(o.executable) is bool
                 for o in outputs
@@ -85,7 +91,7 @@ class ActionResult:
         )
         if not ok:
             raise CorruptEntry("malformed")
-        return result
+        return cls(key, outputs, exit_code, log, started, duration, action, provenance)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "ActionResult":
