@@ -513,3 +513,21 @@ def test_a_pattern_rules_candidate_appearing_changes_the_graph(project):
     (project.root / "x.first").unlink()
     assert project.build()["x.out"] == "cached"
     assert project.read("x.out") == "second\n"
+
+
+def test_a_touched_source_with_its_bytes_unchanged_is_a_no_op(project):
+    """A source whose stat changed but whose bytes did not (touched, checked
+    out again, saved unchanged) changes no key: the no-op check compares
+    its bytes and finds nothing to do; a real edit still reruns its cone."""
+    make(project)
+    settle(project, env=SEED)
+    past = time.time() - 100
+    for i in (1, 2, 3):
+        os.utime(project.root / f"in/{i}.txt", (past, past))
+    proc = project.bb("build", "-v", env=SEED, check=0)
+    assert "changed since the last build" not in proc.stderr and "planning every target" not in proc.stderr
+    assert runs(project) == []
+    project.write("in/2.txt", "leaf 9\n")  # the same size, other bytes
+    os.utime(project.root / "in/2.txt", (past, past))
+    assert statuses(project.build(env=SEED), "built") == {"out/t2.txt", "out/join.txt"}
+    assert runs(project) == ["join", "t2"]

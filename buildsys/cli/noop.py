@@ -93,22 +93,32 @@ def changes(stamp: dict, settled: dict | None = None, why: list | None = None) -
 
 
 def _differs(path: str, signed, settled: dict | None) -> bool:
-    """Does the file differ from its signature in the stamp? A file written
-    just before the stamp (racy: a later edit could keep its stat) is
-    signed by its digest instead, and compared by its bytes, as git does."""
-    if not (type(signed) is list and len(signed) == 2 and signed[0] == "racy"):
+    """Does the file differ from its signature in the stamp? A source's
+    signature carries its digest where bb knew it: one whose stat changed
+    but whose bytes did not (touched, checked out again, saved unchanged)
+    is unchanged, as keys see it. A file written just before the stamp
+    (racy: a later edit could keep its stat) is signed ["racy", digest]
+    and always compared by its bytes, as git does."""
+    if type(signed) is list and len(signed) == 5:
+        now = _sig(path)
+        if now == signed[:4]:
+            return False
+        digest = signed[4]
+    elif type(signed) is list and len(signed) == 2 and signed[0] == "racy":
+        now = _sig(path)
+        digest = signed[1]
+    else:
         return _sig(path) != signed
     from buildsys.digest import hash_file, is_racy
 
-    now = _sig(path)
     try:
-        same = now is not None and hash_file(path) == signed[1]
+        same = now is not None and hash_file(path) == digest
     except (OSError, ValueError):
         return True
     if not same or _sig(path) != now:
         return True  # changed, or changing as it was read
     if settled is not None and not is_racy(now[1], time.time()):
-        settled[path] = now
+        settled[path] = now + [digest]
     return False
 
 
@@ -246,7 +256,7 @@ def write(path: str, ctx, roots: list[str], reports: dict, seen: dict, environme
         p = os.path.abspath(full(folder))
         dirs[p] = s
         probes[p] = graph.watched[folder]
-    _unsign_racy(started, ctx.workspace.stats.seen, files, outputs)
+    _sign(started, ctx.workspace.stats.seen, files, outputs)
     _save(path, {
         "sources": ctx.sources,
         "files": files,
@@ -267,20 +277,27 @@ def write(path: str, ctx, roots: list[str], reports: dict, seen: dict, environme
 RACY = ["racy"]
 
 
-def _unsign_racy(started: float, digested: dict, *groups: dict) -> None:
+def _sign(started: float, digested: dict, files: dict, outputs: dict) -> None:
     """A file modified within a timestamp tick of now could change again
     without its stat changing (git's racy-clean rule): its signature is not
-    trusted. Only for source files and outputs, which the next build
-    re-reads one by one; the stamp stays good for everything else.
-    `digested`: path -> (signature, digest) of the files the build read or
-    wrote (StatCache.seen)."""
+    trusted, and it is compared by its bytes next time. Only for source
+    files and outputs, which the next build re-reads one by one; the stamp
+    stays good for everything else. A source's signature also carries its
+    digest, so that a touch that leaves its bytes as they were changes
+    nothing. `digested`: path -> (signature, digest) of the files the build
+    read or wrote (StatCache.seen)."""
     from buildsys.digest import is_racy
 
-    for group in groups:
+    for group in (files, outputs):
         for p, s in group.items():
-            if s is not None and s[0] != "racy" and is_racy(s[1], started):
-                digest = digested.get(p, (None, None))[1]
+            if type(s) is not list or len(s) != 4:
+                continue  # missing, or signed already
+            known = digested.get(p)
+            digest = known[1] if known is not None and known[0] == s else ""
+            if is_racy(s[1], started):
                 group[p] = ["racy", digest] if digest else RACY
+            elif digest and group is files:
+                group[p] = s + [digest]
 
 
 def update(path: str, stamp: dict, ctx, cone, changed: list[str], reports: dict, seen: dict, environment=(), code=()) -> None:
@@ -311,7 +328,7 @@ def update(path: str, stamp: dict, ctx, cone, changed: list[str], reports: dict,
         group.update(new)
     if any(s is not None and is_racy(s[1], started) for s in new_dirs.values()):
         return
-    _unsign_racy(started, ctx.workspace.stats.seen, files, outputs)
+    _sign(started, ctx.workspace.stats.seen, files, outputs)
     # Watched folders this build changed (it wrote outputs into them) whose
     # probes still hold: signed again, so that the next check only stats them.
     signed: dict = {}
