@@ -110,11 +110,11 @@ class StatCache:
         self.path = path
         self.entries: dict[str, list] = {}
         self.dirty = False
-        # path -> (stat signature, digest) of every file digested in this run:
+        # path -> (stat signature, digest, executable) of every file digested in this run:
         # what the build really read, for the checks after a recipe ran and
         # for the no-op stamp (never a later stat, which could see an edit
         # that no key covers).
-        self.seen: dict[str, tuple[list, str]] = {}
+        self.seen: dict[str, tuple[list, str, bool]] = {}
         if path:
             try:
                 with open(path) as f:
@@ -132,7 +132,7 @@ class StatCache:
             return FileDigest(seen[1], st.st_size, executable)  # digested earlier in this run
         entry = self.entries.get(path)
         if type(entry) is list and len(entry) == 5 and entry[:4] == sig and is_digest(entry[4]):
-            self.seen[path] = (sig, entry[4])
+            self.seen[path] = (sig, entry[4], executable)
             return FileDigest(entry[4], st.st_size, executable)
         digest = hash_file(path)
         self.remember(path, st, digest)
@@ -140,10 +140,14 @@ class StatCache:
 
     def remember(self, path: str, st: os.stat_result, digest: str) -> None:
         sig = signature(st)
-        self.seen[path] = (sig, digest)
+        self.seen[path] = (sig, digest, bool(st.st_mode & statmod.S_IXUSR))
         if is_racy(st.st_mtime_ns, time.time()):
             self.entries.pop(path, None)
             return
+        self.learn(path, sig, digest)
+
+    def learn(self, path: str, sig: list, digest: str) -> None:
+        """Keep a digest read elsewhere (the no-op check) for this stat."""
         self.entries[path] = sig + [digest]
         self.dirty = True
 
@@ -154,7 +158,7 @@ class StatCache:
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames.sort()
             try:
-                self.seen[dirpath] = (signature(os.stat(dirpath)), "")
+                self.seen[dirpath] = (signature(os.stat(dirpath)), "", False)
             except OSError:
                 pass
             if not dirnames and not filenames and dirpath != root:

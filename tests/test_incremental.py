@@ -531,3 +531,7 @@ def test_a_touched_source_with_its_bytes_unchanged_is_a_no_op(project):
     os.utime(project.root / "in/2.txt", (past, past))
     assert statuses(project.build(env=SEED), "built") == {"out/t2.txt", "out/join.txt"}
     assert runs(project) == ["join", "t2"]
+    settle(project, env=SEED)
+    os.chmod(project.root / "in/3.txt", 0o755)  # the same bytes, but keys cover the executable bit
+    assert statuses(project.build(env=SEED), "built") == {"out/t3.txt"}
+    assert runs(project) == ["t3"]

@@ -293,6 +293,7 @@ def cmd_build(args) -> int:
         if changed == ([], []):
             if settled:
                 noop.settle(path, stamp, settled)
+                _learn_digests(stamp["root"], settled)
             entries = [{"target": name, "status": "cached", "key": key, "duration": 0.0} for name, key in stamp["report"]]
             _report(args, entries, time.time() - t0)
             return 0
@@ -317,7 +318,7 @@ def cmd_build(args) -> int:
     reports = _work(ctx, reports)
     failed = [r for r in reports.values() if r.status == "failed"]
     if not failed:
-        seen = {p: s for p, (s, _) in ctx.workspace.stats.seen.items()}
+        seen = {p: s for p, (s, *_) in ctx.workspace.stats.seen.items()}
         python = getattr(ctx.planner, "_python", None)
         environment = python.watch if python else ()
         if cone is None:
@@ -329,6 +330,20 @@ def cmd_build(args) -> int:
         names = ", ".join(f"'{r.name}'" for r in failed[:5])
         raise BuildFailed(f"{len(failed)} target(s) failed: {names}.", hint="Their output is shown above; fix and run again (finished targets are kept).")
     return 0
+
+
+def _learn_digests(root: str, settled: dict) -> None:
+    """Files the no-op check read by their bytes (touched, or written just
+    before the last stamp): the stat cache keeps their digest for their
+    stat now, as a build that hashed them would."""
+    from buildsys.keys.workspace import Workspace
+
+    read = {p: s for p, s in settled.items() if len(s) == 6}
+    if read:
+        stats = Workspace(root).stats
+        for p, s in read.items():
+            stats.learn(p, s[:4], s[4])
+        stats.save()
 
 
 def cmd_plan(args, recipes=False) -> int:

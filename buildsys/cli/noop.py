@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import time
 
 from buildsys import __version__
@@ -94,32 +95,43 @@ def changes(stamp: dict, settled: dict | None = None, why: list | None = None) -
 
 def _differs(path: str, signed, settled: dict | None) -> bool:
     """Does the file differ from its signature in the stamp? A source's
-    signature carries its digest where bb knew it: one whose stat changed
-    but whose bytes did not (touched, checked out again, saved unchanged)
-    is unchanged, as keys see it. A file written just before the stamp
-    (racy: a later edit could keep its stat) is signed ["racy", digest]
-    and always compared by its bytes, as git does."""
-    if type(signed) is list and len(signed) == 5:
-        now = _sig(path)
+    signature carries its digest and executable bit where bb knew them: one
+    whose stat changed but whose bytes and bit did not (touched, checked out
+    again, saved unchanged) is unchanged, as keys see it. A file written
+    just before the stamp (racy: a later edit could keep its stat) is
+    signed ["racy", digest, executable] and always compared by its bytes,
+    as git does."""
+    if type(signed) is list and len(signed) == 6:
+        now, executable = _stat(path)
         if now == signed[:4]:
             return False
-        digest = signed[4]
-    elif type(signed) is list and len(signed) == 2 and signed[0] == "racy":
-        now = _sig(path)
-        digest = signed[1]
+        digest, was_executable = signed[4], signed[5]
+    elif type(signed) is list and len(signed) == 3 and signed[0] == "racy":
+        now, executable = _stat(path)
+        digest, was_executable = signed[1], signed[2]
     else:
         return _sig(path) != signed
     from buildsys.digest import hash_file, is_racy
 
     try:
-        same = now is not None and hash_file(path) == digest
+        same = now is not None and executable is was_executable and hash_file(path) == digest
     except (OSError, ValueError):
         return True
-    if not same or _sig(path) != now:
+    if not same or _stat(path) != (now, executable):
         return True  # changed, or changing as it was read
     if settled is not None and not is_racy(now[1], time.time()):
-        settled[path] = now + [digest]
+        settled[path] = now + [digest, executable]
     return False
+
+
+def _stat(path: str) -> tuple[list | None, bool]:
+    """A file's signature and executable bit (which a chmod changes without
+    touching its bytes, and which keys cover)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None, False
+    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns], bool(st.st_mode & stat.S_IXUSR)
 
 
 def settle(path: str, stamp: dict, settled: dict) -> None:
@@ -273,7 +285,7 @@ def write(path: str, ctx, roots: list[str], reports: dict, seen: dict, environme
 # Stands for the signature of a file changed just now whose bytes bb did
 # not read: it differs from any real one, so the next build looks at that
 # file again (incrementally). One whose digest bb knows is signed
-# ["racy", digest] instead, and the next check compares its bytes.
+# ["racy", digest, executable] instead, and the next check compares its bytes.
 RACY = ["racy"]
 
 
@@ -293,11 +305,11 @@ def _sign(started: float, digested: dict, files: dict, outputs: dict) -> None:
             if type(s) is not list or len(s) != 4:
                 continue  # missing, or signed already
             known = digested.get(p)
-            digest = known[1] if known is not None and known[0] == s else ""
+            digest, executable = (known[1], known[2]) if known is not None and known[0] == s else ("", False)
             if is_racy(s[1], started):
-                group[p] = ["racy", digest] if digest else RACY
+                group[p] = ["racy", digest, executable] if digest else RACY
             elif digest and group is files:
-                group[p] = s + [digest]
+                group[p] = s + [digest, executable]
 
 
 def update(path: str, stamp: dict, ctx, cone, changed: list[str], reports: dict, seen: dict, environment=(), code=()) -> None:
