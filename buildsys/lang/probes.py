@@ -18,6 +18,8 @@ import glob
 import os
 import re
 
+_MAGIC = re.compile(r"[*?[]")
+
 
 class Probes:
     """The questions one expansion asks, each answered from the disk once.
@@ -91,6 +93,18 @@ def _on_disk(pattern: str, root: str) -> tuple[list[str], set[str]]:
     files it matches on disk."""
     full = _full(root, pattern)
     static = os.path.dirname(re.split(r"[*?]", pattern, maxsplit=1)[0]) or "."
+    folder, name = os.path.split(pattern)
+    if not _MAGIC.search(folder) and folder == (os.path.normpath(folder) if folder else ""):
+        # Wildcards in the name only (out/t*.txt), the common case: one
+        # listing, as glob.glob reads it (hidden names only for a pattern
+        # that starts with a dot), without a stat and a relpath per match.
+        try:
+            with os.scandir(os.path.join(root, folder) if folder else root) as it:
+                entries = {e.name: e for e in it if name.startswith(".") or not e.name.startswith(".")}
+        except OSError:
+            return [static], set()
+        prefix = f"{folder}/" if folder else ""
+        return [static], {prefix + n for n in fnmatch.filter(entries, name) if not entries[n].is_dir()}
     levels = {static}
     if "**" in pattern:
         reach = [os.path.join(static, "**")]
