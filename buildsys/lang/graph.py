@@ -238,6 +238,13 @@ def expand(text: str, scope: dict, where: Location | None, *, recipe: bool = Fal
     MAX_VALUE characters (`what` names the text in the error)."""
     if "$" not in text:
         return text
+    out = _fill(text, scope)
+    if out is not None:
+        if limits is not None:
+            limits.bytes_left -= len(out) + 50
+            if limits.bytes_left < 0:
+                limits.spend(0, where)
+        return out
     size = len(text)
 
     def sub(m):
@@ -272,6 +279,60 @@ def expand(text: str, scope: dict, where: Location | None, *, recipe: bool = Fal
         if limits.bytes_left < 0:
             limits.spend(0, where)
     return out
+
+
+# text -> its pieces: literal text, then the scope names its plain
+# references read ($(name), $@...), in turn; None for a text with a nested
+# reference. Texts are the Batchfile's own words, parsed once for the
+# thousands of bindings of a loop.
+_PIECES: dict[str, tuple | None] = {}
+
+
+def _fill(text: str, scope: dict) -> str | None:
+    """`expand` where every reference is a variable whose value is a string,
+    and the result is not too long; None where expand must look closer."""
+    pieces = _PIECES.get(text, _MISSING)
+    if pieces is _MISSING:
+        if len(_PIECES) > 100_000:
+            _PIECES.clear()
+        pieces = _PIECES[text] = _pieces(text)
+    if pieces is None:
+        return None
+    out = [pieces[0]]
+    size = len(text)
+    for i in range(1, len(pieces), 2):
+        value = scope.get(pieces[i])
+        if value.__class__ is not str:
+            return None
+        size += len(value)
+        out.append(value)
+        out.append(pieces[i + 1])
+    return "".join(out) if size <= MAX_VALUE else None
+
+
+def _pieces(text: str) -> tuple | None:
+    pieces, start = [], 0
+    for m in REF.finditer(text):
+        token = m.group(1)
+        if token == "(":
+            return None
+        literal = text[start : m.start()]
+        start = m.end()
+        if token == "$":
+            if pieces:
+                pieces[-1] += literal + "$"
+            else:
+                pieces.append(literal + "$")
+            continue
+        if not pieces:
+            pieces.append("")
+        pieces[-1] += literal
+        pieces.append(m.group(2) or token)
+        pieces.append("")
+    if not pieces:
+        pieces.append("")
+    pieces[-1] += text[start:]
+    return tuple(pieces)
 
 
 def _join(value, name: str, text: str, where) -> str:
@@ -511,7 +572,7 @@ def _has_list(text: str, scope: dict, where) -> bool:
 def expand_recipe(text: str, scope: dict, where: Location | None, *, what: str = "", limits: Limits | None = None) -> str:
     """Expand a recipe word by word; a word holding a list variable becomes one
     word per item, as in rule headers (out/$(SETS).csv -> out/a.csv out/b.csv)."""
-    if not _has_list(text, scope, where):
+    if _fill(text, scope) is not None or not _has_list(text, scope, where):  # every value a string: no list
         out = expand(text, scope, where, recipe=True, what=what, limits=limits)  # no list inside: one pass
     else:
         size = 0
@@ -541,6 +602,8 @@ def expand_words(word: str, scope: dict, where: Location | None, recipe: bool = 
     (data/$(SETS).csv -> data/a.csv data/b.csv)."""
     if "$" not in word:
         return [word]
+    if _fill(word, scope) is not None:  # every value a string: no list
+        return expand(word, scope, where, recipe=recipe, limits=limits).split()
     lists = []
     for m in REF.finditer(word):
         name = m.group(2)
@@ -1039,9 +1102,18 @@ def _loop_vars(loop) -> str:
     return ", ".join(one.var for one in loop.loops) if isinstance(loop, Zip) else loop.var
 
 
+def _normpath(path: str) -> str:
+    # Most paths are normal already (out/t1.txt): normpath only where a
+    # component could be empty, '.' or '..' (it costs as much as the rest
+    # of a target's expansion).
+    if path and path[0] not in "/." and "//" not in path and "/." not in path and path[-1] != "/":
+        return path
+    return os.path.normpath(path).replace(os.sep, "/")
+
+
 def _normalize_output(path: str, where: Location) -> str:
     is_dir = path.endswith("/")
-    norm = os.path.normpath(path).replace(os.sep, "/")
+    norm = _normpath(path)
     if os.path.isabs(norm) or norm == ".." or norm.startswith("../") or norm == ".":
         raise BatchfileError(
             f"output '{path}' is outside the workspace.",
@@ -1053,7 +1125,7 @@ def _normalize_output(path: str, where: Location) -> str:
 
 def _normalize_input(path: str) -> str:
     is_dir = path.endswith("/")
-    norm = os.path.normpath(path).replace(os.sep, "/")
+    norm = _normpath(path)
     return norm + "/" if is_dir and norm != "/" else norm
 
 
@@ -1147,11 +1219,19 @@ def build_graph(model: Batchfile, overrides: dict[str, str] | None = None, root:
                 where=rule.location,
                 hint="Give the outputs without '%' a rule of their own.",
             )
+        # Attributes without a variable are the same for every binding:
+        # worked out once, not once per target of a 100,000-way @for.
+        fixed = None if any("$" in repr(attr.args) for attr in rule.attributes) else _attributes(rule, scope, settings, limits)
+        if fixed is not None:
+            fixed = (shared_attrs.setdefault(fixed[0], fixed[0]), *fixed[1:])
         for binds, params in _bindings(rule, scope, limits):
             local = dict(scope)
             local.update(binds)
-            attrs, phony, is_default = _attributes(rule, local, settings, limits)
-            attrs = shared_attrs.setdefault(attrs, attrs)  # one object per distinct value: a smaller graph cache
+            if fixed is None:
+                attrs, phony, is_default = _attributes(rule, local, settings, limits)
+                attrs = shared_attrs.setdefault(attrs, attrs)  # one object per distinct value: a smaller graph cache
+            else:
+                attrs, phony, is_default = fixed
             if is_pattern:
                 patterns.append(_PatternRule(rule, local, params, attrs, phony, limits))
                 continue
