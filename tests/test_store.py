@@ -178,3 +178,48 @@ def test_verify_reports_a_database_damaged_inside(project):
     db.write_bytes(bytes(data))
     proc = project.bb("cache", "verify", check=1)
     assert "is damaged" in proc.stdout and "move it aside" in proc.stdout
+
+
+def _claimed_elsewhere(store_dir, key: str) -> bool:
+    """Does another process find the action's claim taken? (POSIX locks never
+    block their own process, so the question is asked from a child.)"""
+    import subprocess
+    import sys
+
+    code = (
+        "import fcntl, os, sys\n"
+        "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+        "try:\n"
+        "    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, int(sys.argv[2][:12], 16))\n"
+        "except OSError:\n"
+        "    sys.exit(1)\n"
+    )
+    return subprocess.run([sys.executable, "-c", code, str(store_dir / "claims"), key]).returncode == 1
+
+
+def test_batched_writes_are_read_here_at_once_and_elsewhere_with_the_claim(tmp_path):
+    """During a build the store writes small blobs and results behind the
+    recipes: this process reads them at once; another bb sharing the store
+    finds the action claimed until they are written, and then both."""
+    from buildsys.store.api import ActionResult, OutputEntry
+    from buildsys.store.local import LocalStore
+
+    root = tmp_path / "store"
+    out = tmp_path / "out.txt"
+    out.write_text("bytes\n")
+    here, elsewhere = LocalStore(str(root)), LocalStore(str(root))  # two connections, as two bb
+    key = "ab" * 32
+    with here.batched(3600):  # the periodic write does not come during the test
+        with here.claim(key, lambda: True):
+            digest, _ = here.put_file(str(out))
+            here.put_result(ActionResult(key, (OutputEntry("out.txt", digest, 6),), 0, "", 0.0, 0.0, {}))
+        assert here.get_result(key).outputs[0].digest == digest and here.read_bytes(digest) == b"bytes\n"
+        assert elsewhere.get_result(key) is None and not elsewhere.has_blob(digest)
+        assert _claimed_elsewhere(root, key)
+        here.flush([key])
+        assert elsewhere.get_result(key).outputs[0].digest == digest and elsewhere.read_bytes(digest) == b"bytes\n"
+        assert not _claimed_elsewhere(root, key)
+    # after the batch, a write is in the database at once
+    out.write_text("other bytes\n")
+    digest, _ = here.put_file(str(out))
+    assert elsewhere.read_bytes(digest) == b"other bytes\n"

@@ -38,9 +38,10 @@ class Workspace:
         """The index database, or None if there is none (or it is unusable:
         then it counts as empty, and the build's save starts a new one)."""
         if self._db is None:
-            if not os.path.exists(self.index_path):
-                return None
-            self._db = self._open()
+            # Absent is remembered (False), not looked for at every lookup:
+            # only a build creates it, and this process's save is the only
+            # build in the workspace while it holds the workspace lock.
+            self._db = self._open() if os.path.exists(self.index_path) else False
         return self._db or None
 
     def _open(self, create: bool = False):

@@ -105,6 +105,25 @@ class Scheduler:
     # -- the main loop ---------------------------------------------------------------
 
     def build(self, roots: list[str]) -> dict[str, TargetReport]:
+        # The store writes the results behind the recipes (one transaction
+        # for many tasks), and all of them by the end.
+        batched = getattr(self.planner.store, "batched", None)
+        if batched is None:
+            return self._build(roots)
+        with batched():
+            reports = self._build(roots)
+            self._flush()
+            return reports
+
+    def _flush(self, keys=None) -> None:
+        """Have the store write the results it holds back (with `keys`: if
+        one of these is among them)."""
+        try:
+            self.planner.store.flush(keys)
+        except OSError as err:  # the targets ran and their outputs are in place: not a failure
+            self.planner.warnings.append(f"could not record the results of some targets in the store ({err}); they run again next time")
+
+    def _build(self, roots: list[str]) -> dict[str, TargetReport]:
         order = self.graph.closure(roots)
         deps = self.graph.deps
         # Targets already reported (known up to date, their results in the
@@ -388,6 +407,8 @@ class Scheduler:
         if not jobs:
             return
         try:
+            if hasattr(store, "flush"):
+                store.flush()  # a worker sharing this store reads the actions and sources from it
             if hasattr(store, "push_blobs"):
                 store.push_blobs(blobs, fresh=specs)  # the worker reads them from the shared store
             with self._remote_lock:
@@ -509,6 +530,11 @@ class Scheduler:
             except OSError as err:
                 return TargetReport(target.name, FAILED, key, 0.0, reasons, error=f"cannot prepare its outputs: {err}")
         job = Job(target.name, target.recipe or "", self.graph.settings.shell, cwd, self.planner.recipe_env(target, min(target.attrs.cpus, self.jobs)), target.attrs.timeout)
+        if hasattr(store, "flush"):
+            # The results this recipe builds on are in the store before it
+            # starts: a build killed meanwhile resumes after them.
+            results = self.planner.results
+            self._flush([results[d].key for d in self.graph.behind_aliases(self.graph.deps[target.name]) if d in results])
         output = b""
         for attempt in range(target.attrs.retries + 1):
             outcome = self.executor.run(job)

@@ -6,10 +6,12 @@
     <root>/claims                 byte-range locks of the actions running now
 
 Creating a file costs more than a trivial recipe on many disks, so a task
-whose outputs are small costs one SQLite transaction per write and creates
-no file (the Remote Execution API inlines small outputs for the same reason).
-SQLite gives what a file per entry gave: a write is whole or absent after a
-crash or kill -9, and many processes may share the store.
+whose outputs are small creates no file (the Remote Execution API inlines
+small outputs for the same reason). SQLite gives what a file per entry gave:
+a write is whole or absent after a crash or kill -9, and many processes may
+share the store. During a build (`batched`), small blobs and results are
+written together, one transaction per fraction of a second, since a commit
+costs more than a trivial task's other bookkeeping.
 """
 from __future__ import annotations
 
@@ -87,6 +89,12 @@ class LocalStore:
         self._conn = None  # opened on first use: a no-op build never opens it
         self._lock = threading.Lock()  # one connection, shared by bb's threads
         self._claims: int | None = None  # the file whose byte ranges are locked per running action
+        # Written at the next flush (see `batched`); reads in this process see them now.
+        self._batch = 0.0  # seconds between flushes; 0: every write commits at once
+        self._due_blobs: dict[str, bytes] = {}
+        self._due_results: dict[str, bytes] = {}
+        self._due_claims: list[int] = []  # claims released once what is due is written
+        self._flush_error: OSError | None = None  # of a flush on the flusher's thread, raised by the next
 
     # -- the database -----------------------------------------------------------
 
@@ -156,15 +164,22 @@ class LocalStore:
     def _inline(self, digest: str) -> bytes | None:
         if not is_digest(digest):
             raise CorruptEntry(f"'{str(digest)[:20]}' is not a digest")
+        data = self._due_blobs.get(digest)
+        if data is not None:
+            return data
         rows = self._query("select data from blobs where digest = ?", (digest,))
         return bytes(rows[0][0]) if rows else None
 
     def _put_inline(self, digest: str, data: bytes) -> None:
+        with self._lock:
+            if self._batch:
+                self._due_blobs[digest] = data
+                return
         # replace, not ignore: a row found damaged earlier is healed
         self._query("insert or replace into blobs values (?, ?, ?)", (digest, data, time.time()))
 
     def has_blob(self, digest: str) -> bool:
-        return bool(self._query("select 1 from blobs where digest = ?", (digest,))) or os.path.exists(self.blob_path(digest))
+        return digest in self._due_blobs or bool(self._query("select 1 from blobs where digest = ?", (digest,))) or os.path.exists(self.blob_path(digest))
 
     def temp_path(self) -> str:
         """A fresh temporary file name inside the store (for a download)."""
@@ -310,12 +325,22 @@ class LocalStore:
         try:
             yield waited
         finally:
-            fcntl.lockf(self._claims, fcntl.LOCK_UN, 1, offset)
+            with self._lock:
+                # Its result may be among what is due: a bb waiting for the
+                # claim must find the result when it gets it.
+                held = bool(self._due_blobs or self._due_results)
+                if held:
+                    self._due_claims.append(offset)
+            if not held:
+                fcntl.lockf(self._claims, fcntl.LOCK_UN, 1, offset)
 
     def get_result(self, key: str, fresh: bool = False) -> ActionResult | None:
         """`fresh` is for stores that cache listings; this one always reads."""
         if not is_digest(key):
             raise CorruptEntry(f"'{str(key)[:20]}' is not an action key")
+        data = self._due_results.get(key)
+        if data is not None:
+            return ActionResult.parse(data, key, self.db_path)
         try:
             rows = self._query("select data from results where key = ?", (key,))
         except OSError as err:
@@ -323,23 +348,112 @@ class LocalStore:
         return ActionResult.parse(bytes(rows[0][0]), key, self.db_path) if rows else None
 
     def has_result(self, key: str) -> bool:
-        return bool(self._query("select 1 from results where key = ?", (key,)))
+        return key in self._due_results or bool(self._query("select 1 from results where key = ?", (key,)))
 
     def put_result(self, result: ActionResult) -> None:
         if not is_digest(result.key):
             raise CorruptEntry(f"'{str(result.key)[:20]}' is not an action key")
-        self._query("insert or replace into results values (?, ?, ?)", (result.key, result.to_bytes(), time.time()))
+        data = result.to_bytes()
+        with self._lock:
+            if self._batch:
+                self._due_results[result.key] = data
+                return
+        self.flush()  # never a result before blobs still due
+        self._query("insert or replace into results values (?, ?, ?)", (result.key, data, time.time()))
+
+    # -- writing behind, during a build ------------------------------------------
+
+    @contextlib.contextmanager
+    def batched(self, seconds: float = 0.1):
+        """Within: small blobs and results are kept in memory (this process
+        reads them there) and written every `seconds`, all in one
+        transaction (or sooner: `flush`); and at the end. A result and the
+        blobs put before it are written in the same transaction or an
+        earlier one, so a kill never leaves a result without its bytes; it
+        only loses what was not written yet, which runs again. The claims of
+        actions released meanwhile are held until then, so that another bb
+        sharing the store, waiting for one of them, finds its result."""
+        if self._batch:  # batched already: its end writes everything
+            yield
+            return
+        self._batch = seconds
+        stop = threading.Event()
+        # One thread wakes every `seconds`, not one per write: a thread
+        # started per task cost more than the commits it saved.
+        flusher = threading.Thread(target=self._flush_every, args=(seconds, stop), name="bb-store-flush", daemon=True)
+        flusher.start()
+        ended = False
+        try:
+            yield
+            ended = True
+        finally:
+            with self._lock:  # a write sees the batch or the end of it, whole
+                self._batch = 0.0
+            stop.set()
+            flusher.join()
+            try:
+                self.flush()
+            except OSError:
+                if ended:
+                    raise  # else the error in flight says more
+
+    def _flush_every(self, seconds: float, stop: threading.Event) -> None:
+        while not stop.wait(seconds):
+            try:
+                self.flush()
+            except OSError as err:  # raised by the next flush, on a thread that reports it
+                self._flush_error = err
+
+    def flush(self, keys=None) -> None:
+        """Write what is due now (given `keys`: only if one of these results
+        is), and release the claims that waited for it. Raises OSError (a
+        full disk: ENOSPC) if it could not: what was due is then not in the
+        store, and runs again next time."""
+        import fcntl
+        import sqlite3
+
+        if keys is not None and not any(k in self._due_results for k in keys):
+            return
+        if not (self._due_blobs or self._due_results or self._due_claims or self._flush_error):
+            return
+        conn = self._db()  # (before taking the lock: opening takes it too)
+        with self._lock:
+            blobs, results, claims = self._due_blobs, self._due_results, self._due_claims
+            self._due_blobs, self._due_results, self._due_claims = {}, {}, []
+            error, self._flush_error = self._flush_error, None
+            try:
+                if blobs or results:
+                    now = time.time()
+                    conn.execute("begin immediate")
+                    try:
+                        # blobs first: never a result without its bytes, even within
+                        conn.executemany("insert or replace into blobs values (?, ?, ?)", [(d, data, now) for d, data in blobs.items()])
+                        conn.executemany("insert or replace into results values (?, ?, ?)", [(k, data, now) for k, data in results.items()])
+                        conn.execute("commit")
+                    except BaseException:
+                        if conn.in_transaction:
+                            conn.execute("rollback")
+                        raise
+            except sqlite3.DatabaseError as err:
+                raise _os_error(err, self.db_path) from None
+            finally:
+                for offset in claims:
+                    fcntl.lockf(self._claims, fcntl.LOCK_UN, 1, offset)
+        if error is not None:
+            raise error
 
     # -- maintenance ----------------------------------------------------------
 
     def blobs(self):
         """(digest, size, time written) of every blob."""
+        self.flush()
         yield from self._query("select digest, length(data), written from blobs")
         for digest, _, st in _walk(self.cas):
             yield digest, st.st_size, st.st_mtime
 
     def results(self):
         """(key, time written) of every action result."""
+        self.flush()
         yield from self._query("select key, written from results")
 
     def verify_blob(self, digest: str) -> bool:
@@ -358,10 +472,12 @@ class LocalStore:
         return "" if found == "ok" else found
 
     def remove_results(self, keys) -> None:
+        self.flush()
         self._query_many("delete from results where key = ?", keys)
 
     def remove_blobs(self, digests) -> None:
         digests = list(digests)
+        self.flush()
         self._query_many("delete from blobs where digest = ?", digests)
         for digest in digests:
             with contextlib.suppress(FileNotFoundError):

@@ -195,6 +195,12 @@ class TieredStore:
     def claim(self, key: str, give_up):
         return self.local.claim(key, give_up)
 
+    def batched(self):
+        return self.local.batched()
+
+    def flush(self, keys=None) -> None:
+        self.local.flush(keys)
+
     def get_result(self, key: str, fresh: bool = False) -> ActionResult | None:
         """`fresh`: ask again, even where an earlier answer was a miss (a
         remote worker may have written the result since)."""
