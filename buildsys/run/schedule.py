@@ -47,12 +47,16 @@ class _Workers:
     def __init__(self, size: int, events: queue.SimpleQueue):
         self._tasks: queue.SimpleQueue = queue.SimpleQueue()
         self._events = events
+        self._lock = threading.Lock()
+        self.pending = 0  # handed to a worker and not done yet
         self._threads = [threading.Thread(target=self._loop, name=f"bb-run_{i}") for i in range(size)]
         for thread in self._threads:
             thread.start()
 
     def submit(self, name: str | None, fn, *args) -> None:
         """Run fn(*args) on a worker; name None: its result is not reported."""
+        with self._lock:
+            self.pending += 1
         self._tasks.put((name, fn, args))
 
     def _loop(self) -> None:
@@ -64,6 +68,8 @@ class _Workers:
                 result = err
             if name is not None:
                 self._events.put((name, result))
+            with self._lock:
+                self.pending -= 1
 
     def shutdown(self, wait: bool) -> None:
         """Each thread ends after the work already handed to it."""
@@ -233,7 +239,14 @@ class Scheduler:
             if self.executor is not None:
                 self.executor.cancel_all()
             while any(running.values()):  # local recipes end at once now
-                name, report = self._events.get()
+                try:
+                    name, report = self._events.get(timeout=0.1)
+                except queue.Empty:
+                    # The stop may have come just as an event was taken, before
+                    # its target left `running`: wait only while work is out.
+                    if self._threads is None or not self._threads.pending:
+                        break
+                    continue
                 if running.pop(name, 0):
                     if isinstance(report, BaseException):
                         raise report
