@@ -159,9 +159,11 @@ def test_interrupt_leaves_a_consistent_store_and_the_rerun_finishes(project):
 
 
 def test_kill_9_then_rerun_resumes(project):
+    # first.txt takes longer than the store's write-behind period, so its
+    # result is written as soon as it is made (see LocalStore.batched)
     project.batchfile("""
         first.txt:
-            echo first > $@
+            sleep 0.3; echo first > $@
 
         slow.txt: first.txt
             echo started > slow.started
@@ -176,7 +178,7 @@ def test_kill_9_then_rerun_resumes(project):
     proc.wait()
     project.batchfile("""
         first.txt:
-            echo first > $@
+            sleep 0.3; echo first > $@
 
         slow.txt: first.txt
             echo done > $@

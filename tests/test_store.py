@@ -216,9 +216,13 @@ def test_batched_writes_are_read_here_at_once_and_elsewhere_with_the_claim(tmp_p
         assert here.get_result(key).outputs[0].digest == digest and here.read_bytes(digest) == b"bytes\n"
         assert elsewhere.get_result(key) is None and not elsewhere.has_blob(digest)
         assert _claimed_elsewhere(root, key)
-        here.flush([key])
+        here.flush()
         assert elsewhere.get_result(key).outputs[0].digest == digest and elsewhere.read_bytes(digest) == b"bytes\n"
         assert not _claimed_elsewhere(root, key)
+        # a result that took longer to make than the batch waits is written at once
+        slow = "cd" * 32
+        here.put_result(ActionResult(slow, (OutputEntry("out.txt", digest, 6),), 0, "", 0.0, 3600.0, {}))
+        assert elsewhere.get_result(slow) is not None
     # after the batch, a write is in the database at once
     out.write_text("other bytes\n")
     digest, _ = here.put_file(str(out))

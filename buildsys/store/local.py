@@ -355,11 +355,14 @@ class LocalStore:
             raise CorruptEntry(f"'{str(result.key)[:20]}' is not an action key")
         data = result.to_bytes()
         with self._lock:
-            if self._batch:
+            batch = self._batch
+            if batch:
                 self._due_results[result.key] = data
-                return
-        self.flush()  # never a result before blobs still due
-        self._query("insert or replace into results values (?, ?, ?)", (result.key, data, time.time()))
+        if not batch:
+            self.flush()  # never a result before blobs still due
+            self._query("insert or replace into results values (?, ?, ?)", (result.key, data, time.time()))
+        elif result.duration >= batch:
+            self.flush()  # it took longer to make than the batch waits: a kill must not cost it again
 
     # -- writing behind, during a build ------------------------------------------
 
@@ -367,10 +370,12 @@ class LocalStore:
     def batched(self, seconds: float = 0.1):
         """Within: small blobs and results are kept in memory (this process
         reads them there) and written every `seconds`, all in one
-        transaction (or sooner: `flush`); and at the end. A result and the
+        transaction (or sooner: `flush`); and at the end. A result whose
+        recipe took `seconds` or longer is written at once. A result and the
         blobs put before it are written in the same transaction or an
         earlier one, so a kill never leaves a result without its bytes; it
-        only loses what was not written yet, which runs again. The claims of
+        loses only results made in its last `seconds`, each of which took
+        less than that to make, and runs them again. The claims of
         actions released meanwhile are held until then, so that another bb
         sharing the store, waiting for one of them, finds its result."""
         if self._batch:  # batched already: its end writes everything
@@ -404,16 +409,13 @@ class LocalStore:
             except OSError as err:  # raised by the next flush, on a thread that reports it
                 self._flush_error = err
 
-    def flush(self, keys=None) -> None:
-        """Write what is due now (given `keys`: only if one of these results
-        is), and release the claims that waited for it. Raises OSError (a
-        full disk: ENOSPC) if it could not: what was due is then not in the
-        store, and runs again next time."""
+    def flush(self) -> None:
+        """Write what is due now, and release the claims that waited for
+        it. Raises OSError (a full disk: ENOSPC) if it could not: what was
+        due is then not in the store, and runs again next time."""
         import fcntl
         import sqlite3
 
-        if keys is not None and not any(k in self._due_results for k in keys):
-            return
         if not (self._due_blobs or self._due_results or self._due_claims or self._flush_error):
             return
         conn = self._db()  # (before taking the lock: opening takes it too)

@@ -198,8 +198,8 @@ class TieredStore:
     def batched(self):
         return self.local.batched()
 
-    def flush(self, keys=None) -> None:
-        self.local.flush(keys)
+    def flush(self) -> None:
+        self.local.flush()
 
     def get_result(self, key: str, fresh: bool = False) -> ActionResult | None:
         """`fresh`: ask again, even where an earlier answer was a miss (a
