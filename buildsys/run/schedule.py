@@ -13,7 +13,6 @@ import os
 import queue
 import threading
 import time
-from collections import deque
 
 from buildsys import __version__
 from buildsys.keys.action import Action
@@ -121,11 +120,10 @@ class Scheduler:
             self._flush()
             return reports
 
-    def _flush(self, keys=None) -> None:
-        """Have the store write the results it holds back (with `keys`: if
-        one of these is among them)."""
+    def _flush(self) -> None:
+        """Have the store write the results it holds back."""
         try:
-            self.planner.store.flush(keys)
+            self.planner.store.flush()
         except OSError as err:  # the targets ran and their outputs are in place: not a failure
             self.planner.warnings.append(f"could not record the results of some targets in the store ({err}); they run again next time")
 
@@ -142,11 +140,12 @@ class Scheduler:
         for name in todo:
             for dep in deps[name]:
                 dependents.setdefault(dep, []).append(name)
-        ready = deque(name for name in todo if waiting[name] == 0)
         running: dict[str, int] = {}  # target -> local job slots it holds
-        # Must run, waiting for a slot: a heap, deepest target first, so that
-        # when slots are short the work that finishes a chain (the report of
-        # a model that is ready) goes before more of a wide fan-out.
+        # Heaps, deepest target first, so that when slots are short the work
+        # that finishes a chain (the report of a model that is ready) goes
+        # before more of a wide fan-out: `ready` to resolve (its inputs are
+        # done), `runnable` resolved and waiting for a slot.
+        ready: list = []  # (-depth, sequence, target)
         runnable: list = []  # (-depth, sequence, target, action)
         sequence = itertools.count()  # ties: in the order they became ready
         depth: dict[str, int] = {}
@@ -156,11 +155,18 @@ class Scheduler:
         stopping = False
         self.ui.begin(len(todo))
 
+        def make_ready(name: str):
+            heapq.heappush(ready, (-depth.get(name, 0), next(sequence), name))
+
         def release(name: str):
             for d in dependents.get(name, ()):
                 waiting[d] -= 1
                 if waiting[d] == 0:
-                    ready.append(d)
+                    make_ready(d)
+
+        for name in todo:
+            if waiting[name] == 0:
+                make_ready(name)
 
         shared = getattr(self.planner.store, "remote", None) is not None
         if shared:
@@ -168,9 +174,15 @@ class Scheduler:
         try:
             while ready or running or (runnable and not stopping):
                 if shared and not self.always:
-                    self._prefetch(ready)
-                while ready and not stopping:
-                    name = ready.popleft()
+                    self._prefetch([entry[2] for entry in ready])
+                # While nothing runs, resolve only as many targets to run as
+                # the free slots take, and start them: a wide fan-out's first
+                # recipes start at once, and the rest of it is resolved while
+                # they run. Cached targets take no slot; a remote batch takes
+                # all.
+                wanted = len(ready) if running or self.remote is not None else max(free - len(runnable), 1)
+                while ready and not stopping and wanted > 0:
+                    name = heapq.heappop(ready)[2]
                     target = self.graph.targets[name]
                     try:
                         outcome = self._resolve(target)
@@ -182,12 +194,12 @@ class Scheduler:
                             self._unusable(dep, repair.reason)
                             del self.reports[dep]
                             started = {entry[2] for entry in runnable} | set(running)
-                            for d in dependents.get(dep, ()):
-                                if d not in self.reports and d != name and d not in started:
-                                    if d in ready:
-                                        ready.remove(d)
-                                    waiting[d] += 1
-                            ready.appendleft(dep)
+                            again = {d for d in dependents.get(dep, ()) if d not in self.reports and d != name and d not in started}
+                            for d in again:
+                                waiting[d] += 1
+                            ready[:] = [entry for entry in ready if entry[2] not in again]
+                            heapq.heapify(ready)
+                            make_ready(dep)
                         waiting[name] = 1
                         continue
                     if isinstance(outcome, TargetReport):
@@ -195,6 +207,7 @@ class Scheduler:
                         release(name)
                     else:
                         heapq.heappush(runnable, (-depth.get(name, 0), next(sequence), name, outcome))
+                        wanted -= 1
                 # Start what fits: local recipes in the free job slots, in
                 # order; remote ones up to the limit of jobs in flight, handed
                 # over together (a fan-out becomes one array job).
@@ -224,6 +237,8 @@ class Scheduler:
                     if stopping or not (ready or runnable):
                         break
                     continue
+                if ready and not stopping:
+                    continue  # the rest of what is ready, now that recipes run
                 name, report = self._events.get()
                 free += running.pop(name)
                 if isinstance(report, BaseException):
@@ -543,11 +558,6 @@ class Scheduler:
             except OSError as err:
                 return TargetReport(target.name, FAILED, key, 0.0, reasons, error=f"cannot prepare its outputs: {err}")
         job = Job(target.name, target.recipe or "", self.graph.settings.shell, cwd, self.planner.recipe_env(target, min(target.attrs.cpus, self.jobs)), target.attrs.timeout)
-        if hasattr(store, "flush"):
-            # The results this recipe builds on are in the store before it
-            # starts: a build killed meanwhile resumes after them.
-            results = self.planner.results
-            self._flush([results[d].key for d in self.graph.behind_aliases(self.graph.deps[target.name]) if d in results])
         output = b""
         for attempt in range(target.attrs.retries + 1):
             outcome = self.executor.run(job)
