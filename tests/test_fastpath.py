@@ -98,6 +98,12 @@ def test_exit_codes_signals_missing_shells_and_timeouts(executor, tmp_path, monk
     assert missing.exit_code == 127 and b"cannot start" in missing.output
     slow = executor.run(_job("sleep 30", here, timeout=0.2))
     assert slow.timed_out and slow.exit_code != 0
+    # a recipe that sends its own output elsewhere runs to its end (and is
+    # still stopped at its timeout)
+    logged = executor.run(_job("exec >/dev/null 2>&1; sleep 0.3; touch done.txt", here))
+    assert logged.exit_code == 0 and os.path.exists("done.txt")
+    silent = executor.run(_job("exec >/dev/null 2>&1; sleep 30", here, timeout=0.2))
+    assert silent.timed_out and silent.exit_code != 0
 
 
 def test_a_background_process_is_killed_when_its_shell_ends(executor, tmp_path, monkeypatch):

@@ -196,8 +196,9 @@ def _stop(running) -> None:
 
 
 def _read_until_exit(pid: int, fd: int) -> bytes:
-    """The recipe's output until its shell exits (not until every process
-    holding the pipe has closed it); closes the pipe."""
+    """The recipe's output until it exits (not until every process holding
+    the pipe has closed it, nor only until the pipe closes); closes the
+    pipe. The recipe is left unreaped."""
     buf = bytearray()
     truncated = False
     try:
@@ -208,10 +209,9 @@ def _read_until_exit(pid: int, fd: int) -> bytes:
     poller.register(fd, select.POLLIN)
     if pidfd >= 0:
         poller.register(pidfd, select.POLLIN)
+    open_pipe, exited = True, False
     try:
-        open_pipe = True
-        while open_pipe:
-            exited = False
+        while open_pipe and not exited:
             for ready, _ in poller.poll():
                 if ready == pidfd:
                     exited = True
@@ -224,19 +224,25 @@ def _read_until_exit(pid: int, fd: int) -> bytes:
                 if len(buf) > 2 * LOG_LIMIT:
                     del buf[: len(buf) - LOG_LIMIT]
                     truncated = True
-            if exited and open_pipe:
-                # The shell is gone; take what is already in the pipe and stop.
-                os.set_blocking(fd, False)
-                try:
-                    while chunk := os.read(fd, 1 << 16):
-                        buf += chunk
-                except BlockingIOError:
-                    pass
-                break
+        if exited and open_pipe:
+            # The recipe is gone; take what is already in the pipe and stop.
+            os.set_blocking(fd, False)
+            try:
+                while chunk := os.read(fd, 1 << 16):
+                    buf += chunk
+            except BlockingIOError:
+                pass
     finally:
         if pidfd >= 0:
             os.close(pidfd)
         os.close(fd)
+    if not exited:
+        # The pipe closed first: the recipe sent its output elsewhere (exec
+        # >log 2>&1), or a program closes stderr as it exits. Wait for its end.
+        try:
+            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+        except ChildProcessError:
+            pass  # reaped elsewhere: it is gone
     if len(buf) > LOG_LIMIT:
         del buf[: len(buf) - LOG_LIMIT]
         truncated = True
