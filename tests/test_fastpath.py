@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import pytest
 
@@ -122,6 +123,67 @@ def test_a_background_process_is_killed_when_its_shell_ends(executor, tmp_path, 
         time.sleep(0.02)
     else:
         pytest.fail("the background process outlived its recipe")
+
+
+def _parent_script(folder) -> None:
+    """./parent.py prints the name of the process that started it."""
+    script = folder / "parent.py"
+    script.write_text(f"#!{sys.executable}\nimport os\nprint(open(f'/proc/{{os.getppid()}}/comm').read().strip())\n")
+    script.chmod(0o755)
+
+
+def test_a_one_command_recipe_starts_without_a_shell_and_behaves_as_under_one(executor, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    here = str(tmp_path)
+    _parent_script(tmp_path)
+    with open("/proc/self/comm") as f:
+        me = f.read().strip()
+    assert executor.run(_job("./parent.py > who.txt", here)).exit_code == 0
+    assert (tmp_path / "who.txt").read_text().strip() == me  # started by bb itself
+    assert executor.run(_job("./parent.py > who.txt; true", here)).exit_code == 0
+    assert (tmp_path / "who.txt").read_text().strip() != me  # shell syntax: a shell started it
+
+    # redirections as the shell makes them
+    (tmp_path / "in.txt").write_text("hello\n")
+    assert executor.run(_job("cat in.txt > out.txt", here)).exit_code == 0
+    assert executor.run(_job("  cat < in.txt >>out.txt\n", here)).exit_code == 0
+    assert (tmp_path / "out.txt").read_text() == "hello\nhello\n"
+    # what the shell would answer otherwise is still the shell's answer
+    missing = executor.run(_job("no-such-program-bb in.txt > out.txt", here))
+    assert missing.exit_code == 127 and b"not found" in missing.output
+    unreadable = executor.run(_job("cat < no-such-file.txt", here))
+    assert unreadable.exit_code != 0 and b"no-such-file.txt" in unreadable.output
+    (tmp_path / "plain-script").write_text("echo run by the shell\n")
+    (tmp_path / "plain-script").chmod(0o755)  # no #! line: the shell runs it as a script
+    assert executor.run(_job("./plain-script > out.txt", here)).exit_code == 0
+    assert (tmp_path / "out.txt").read_text() == "run by the shell\n"
+    # an assignment, a builtin, a quote, a glob: the shell
+    assert b"BB_TEST_VAR=1" in executor.run(_job("BB_TEST_VAR=1 env", here)).output
+    assert executor.run(_job("echo 'a  b'", here)).output == b"a  b\n"
+    assert executor.run(_job("ls *.txt", here)).output.split() == [b"in.txt", b"out.txt", b"who.txt"]
+    # a shell that is not a POSIX one runs everything itself
+    assert executor.run(_job("cat in.txt", here, shell=str(tmp_path / "no-shell"))).exit_code == 127
+
+
+def test_bb_runs_a_one_command_recipe_without_a_shell_and_any_recipe_to_its_end(project):
+    _parent_script(project.root)
+    project.batchfile("""
+        who.txt: parent.py
+            ./parent.py > $@
+
+        fails.txt:
+            no-such-program-bb > $@
+
+        logged.txt:
+            exec > logged.log 2>&1
+            sleep 0.2
+            echo done > $@
+    """)
+    assert project.build("who.txt", "logged.txt") == {"who.txt": "built", "logged.txt": "built"}
+    assert project.read("logged.txt") == "done\n"
+    assert project.read("who.txt").strip() in ("bb", "python3", "python3.11", "python")  # bb's own process
+    proc = project.bb("build", "fails.txt", check=1)
+    assert "exited with code 127" in proc.stderr and "not found" in proc.stderr
 
 
 # ---- memos -----------------------------------------------------------------------------

@@ -9,6 +9,7 @@ the output was recorded."""
 from __future__ import annotations
 
 import os
+import re
 import select
 import signal
 import subprocess
@@ -111,32 +112,96 @@ _DEFAULT_SIGNALS = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ"
 
 
 def _spawn(job: Job, env: dict) -> tuple[int, int]:
-    """Start the recipe's shell in a session of its own (so its group can be
-    killed as one), stdin from /dev/null, stdout and stderr into one pipe;
-    returns its pid and the pipe's read end. posix_spawn costs bb a fraction
-    of subprocess.Popen's CPU; it cannot change folders, so a job elsewhere
-    than bb's working folder (a sandbox) goes through Popen."""
+    """Start the recipe in a session of its own (so its group can be killed
+    as one), stdin from /dev/null, stdout and stderr into one pipe; returns
+    its pid and the pipe's read end. posix_spawn costs bb a fraction of
+    subprocess.Popen's CPU; it cannot change folders, so a job elsewhere than
+    bb's working folder (a sandbox) goes through Popen."""
     argv = [job.shell, "-e", "-c", job.recipe]
     if _here(job.cwd):
-        read, write = os.pipe()  # both ends close-on-exec; dup2 clears it on 1 and 2
-        try:
-            spawn = os.posix_spawn if "/" in job.shell else os.posix_spawnp
-            pid = spawn(
-                job.shell, argv, env,
-                file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0), (os.POSIX_SPAWN_DUP2, write, 1), (os.POSIX_SPAWN_DUP2, write, 2)],
-                setsid=True, setsigdef=_DEFAULT_SIGNALS,
-            )
-        except BaseException:
-            os.close(read)
-            raise
-        finally:
-            os.close(write)
-        return pid, read
+        plain = _plain_command(job, env)
+        if plain is not None:
+            try:
+                return _posix_spawn(plain[0][0], plain[0], env, plain[1], search=True)
+            except OSError:
+                pass  # not found, not executable, a file that does not open: the shell runs it and says why
+        return _posix_spawn(job.shell, argv, env, (), search="/" not in job.shell)
     proc = subprocess.Popen(argv, cwd=job.cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     out = os.dup(proc.stdout.fileno())
     proc.stdout.close()
     proc.returncode = 0  # reaped by _reap, not by Popen: keep it from trying
     return proc.pid, out
+
+
+def _posix_spawn(path: str, argv: list[str], env: dict, redirections, search: bool) -> tuple[int, int]:
+    read, write = os.pipe()  # both ends close-on-exec; dup2 clears it on 1 and 2
+    try:
+        spawn = os.posix_spawnp if search else os.posix_spawn
+        pid = spawn(
+            path, argv, env,
+            file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0), (os.POSIX_SPAWN_DUP2, write, 1), (os.POSIX_SPAWN_DUP2, write, 2), *redirections],
+            setsid=True, setsigdef=_DEFAULT_SIGNALS,
+        )
+    except BaseException:
+        os.close(read)
+        raise
+    finally:
+        os.close(write)
+    return pid, read
+
+
+# A recipe that is one command of plain words, its input or output perhaps
+# redirected to a file, starts without a shell, as make runs such lines: a
+# shell's start costs as much as a small command's whole run. Only words the
+# shell would pass on unchanged qualify (no quote, $, glob, ~, comment,
+# operator or assignment), and never a word the shell answers itself.
+_SHELLS = frozenset(("sh", "dash", "bash"))
+_PLAIN = re.compile(r"[A-Za-z0-9_./,:+=@%-]+")
+_PLAIN_LINE = re.compile(r"[A-Za-z0-9_./,:+=@% \t<>-]+")
+_REDIRECT = re.compile(r"(<|>>|>)([A-Za-z0-9_./,:+=@%-]*)")
+# Builtins and keywords: some exist as programs too (echo, test, kill), with
+# other behaviour. (A builtin that is no program fails to start and then
+# runs in the shell anyway.)
+_SHELL_WORDS = frozenset(
+    ". : alias bg break builtin case cd command continue declare do done echo elif else esac eval exec exit export "
+    "false fc fg fi for function getopts hash if in jobs kill let local printf pwd read readonly return select set "
+    "shift source test then time times trap true type typeset ulimit umask unalias unset until wait while".split()
+)
+
+
+def _plain_command(job: Job, env: dict) -> tuple[list[str], list] | None:
+    """(argv, file actions) of a recipe that needs no shell, else None."""
+    if os.path.basename(job.shell) not in _SHELLS or env.get("PATH") != os.environ.get("PATH"):
+        return None  # (posix_spawnp searches bb's own PATH)
+    text = job.recipe.strip(" \t\n")
+    if not _PLAIN_LINE.fullmatch(text):
+        return None
+    words = text.split()
+    argv, actions = [], []
+    i = 0
+    while i < len(words):
+        word = words[i]
+        redirect = _REDIRECT.fullmatch(word)
+        if redirect is not None:
+            op, name = redirect.groups()
+            if not name:
+                i += 1
+                name = words[i] if i < len(words) and _PLAIN.fullmatch(words[i]) else ""
+            if not name:
+                return None
+            if op == "<":
+                actions.append((os.POSIX_SPAWN_OPEN, 0, name, os.O_RDONLY, 0))
+            else:
+                flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if op == ">>" else os.O_TRUNC)
+                actions.append((os.POSIX_SPAWN_OPEN, 1, name, flags, 0o666))
+        elif _PLAIN.fullmatch(word):
+            argv.append(word)
+        else:
+            return None
+        i += 1
+    if not argv or argv[0] in _SHELL_WORDS or "=" in argv[0]:
+        return None
+    return argv, actions
 
 
 def _here(cwd: str) -> bool:
