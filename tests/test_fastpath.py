@@ -65,15 +65,8 @@ def _job(recipe: str, cwd: str, shell: str = "/bin/sh", timeout: float = 0) -> J
     return Job("t", recipe, shell, cwd, {"PATH": os.environ.get("PATH", os.defpath)}, timeout)
 
 
-@pytest.mark.parametrize("how", ["libc", "os.posix_spawn"])
 @pytest.mark.parametrize("elsewhere", [False, True], ids=["in bb's folder", "in another folder"])
-def test_a_recipe_runs_in_its_own_session_with_default_signals_and_no_stray_fds(executor, tmp_path, monkeypatch, elsewhere, how):
-    from buildsys.run.executors import spawn
-
-    spawn._load()
-    assert spawn._libc is not None  # glibc: bb starts recipes without holding the GIL
-    if how == "os.posix_spawn":  # a libc without what that needs
-        monkeypatch.setattr(spawn, "_libc", None)
+def test_a_recipe_runs_in_its_own_session_with_default_signals_and_no_stray_fds(executor, tmp_path, monkeypatch, elsewhere):
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(tmp_path if elsewhere else work)

@@ -17,7 +17,6 @@ import threading
 import time
 
 from buildsys.run.executors import Job, Outcome
-from buildsys.run.executors.spawn import spawn
 from buildsys.run.supervisor import MARK, Supervisor
 
 GRACE_SECONDS = 5.0
@@ -107,6 +106,11 @@ class LocalExecutor:
         _stop(running)
 
 
+# Signals Python ignores for itself that a recipe must get with their default
+# action (`yes | head` ends by SIGPIPE), as subprocess's restore_signals does.
+_DEFAULT_SIGNALS = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, name))
+
+
 def _spawn(job: Job, env: dict) -> tuple[int, int]:
     """Start the recipe in a session of its own (so its group can be killed
     as one), stdin from /dev/null, stdout and stderr into one pipe; returns
@@ -118,10 +122,10 @@ def _spawn(job: Job, env: dict) -> tuple[int, int]:
         plain = _plain_command(job, env)
         if plain is not None:
             try:
-                return _start_piped(plain[0][0], plain[0], env, plain[1], search=True)
+                return _posix_spawn(plain[0][0], plain[0], env, plain[1], search=True)
             except OSError:
                 pass  # not found, not executable, a file that does not open: the shell runs it and says why
-        return _start_piped(job.shell, argv, env, (), search="/" not in job.shell)
+        return _posix_spawn(job.shell, argv, env, (), search="/" not in job.shell)
     proc = subprocess.Popen(argv, cwd=job.cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     out = os.dup(proc.stdout.fileno())
     proc.stdout.close()
@@ -129,11 +133,15 @@ def _spawn(job: Job, env: dict) -> tuple[int, int]:
     return proc.pid, out
 
 
-def _start_piped(path: str, argv: list[str], env: dict, redirections, search: bool) -> tuple[int, int]:
+def _posix_spawn(path: str, argv: list[str], env: dict, redirections, search: bool) -> tuple[int, int]:
     read, write = os.pipe()  # both ends close-on-exec; dup2 clears it on 1 and 2
     try:
-        actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0), (os.POSIX_SPAWN_DUP2, write, 1), (os.POSIX_SPAWN_DUP2, write, 2), *redirections]
-        pid = spawn(path, argv, env, actions, search)
+        spawn = os.posix_spawnp if search else os.posix_spawn
+        pid = spawn(
+            path, argv, env,
+            file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0), (os.POSIX_SPAWN_DUP2, write, 1), (os.POSIX_SPAWN_DUP2, write, 2), *redirections],
+            setsid=True, setsigdef=_DEFAULT_SIGNALS,
+        )
     except BaseException:
         os.close(read)
         raise
