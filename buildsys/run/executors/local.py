@@ -156,9 +156,10 @@ def _posix_spawn(path: str, argv: list[str], env: dict, redirections, search: bo
 # shell would pass on unchanged qualify (no quote, $, glob, ~, comment,
 # operator or assignment), and never a word the shell answers itself.
 _SHELLS = frozenset(("sh", "dash", "bash"))
-_PLAIN = re.compile(r"[A-Za-z0-9_./,:+=@%-]+")
-_PLAIN_LINE = re.compile(r"[A-Za-z0-9_./,:+=@% \t<>-]+")
-_REDIRECT = re.compile(r"(<|>>|>)([A-Za-z0-9_./,:+=@%-]*)")
+_WORD = r"-A-Za-z0-9_./,:+=@%"  # the characters of a plain word, for a [class] (- first: itself)
+_PLAIN = re.compile(f"[{_WORD}]+")
+_PLAIN_LINE = re.compile(f"[{_WORD} \t<>]+")
+_REDIRECT = re.compile(f"(<|>>|>)([{_WORD}]*)")
 # Builtins and keywords: some exist as programs too (echo, test, kill), with
 # other behaviour. (A builtin that is no program fails to start and then
 # runs in the shell anyway.)
