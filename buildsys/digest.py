@@ -27,6 +27,19 @@ def is_digest(value) -> bool:
     return type(value) is str and _HEX.fullmatch(value) is not None
 
 
+_HEXES = re.compile(r"[0-9a-f]*")
+
+
+def all_digests(values) -> bool:
+    """is_digest of every value, tested at once: thousands of index rows
+    cost one pass in C instead of a match each."""
+    values = list(values)
+    try:
+        return not values or (set(map(len, values)) == {64} and _HEXES.fullmatch("".join(values)) is not None)
+    except TypeError:  # not all str: let each be checked on its own
+        return False
+
+
 def signature(st: os.stat_result) -> list:
     """What says a file is unchanged: size, mtime, inode, ctime (git's rule)."""
     return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]

@@ -310,6 +310,50 @@ def test_an_index_without_its_result_columns_or_with_damaged_ones(project, tmp_p
     assert statuses(project.build(), "built") == {"out/t3.txt", "out/join.txt"}
     assert project.read("out/join.txt") == "leaf 1\nleaf 2, edited\nleaf 3, edited\n"
     assert outputs(project.root) == full_build_elsewhere(project, tmp_path)
+    # Columns that are almost right: a trailing separator, a log that is no
+    # digest, an exit code of another type. Each is read from its entry instead.
+    settle(project)
+    sql("update results set outputs = outputs || char(0) where target = 'out/t1.txt'")
+    sql("update results set log = 'not a digest' where target = 'out/t2.txt'")
+    sql("update results set exit_code = 'zero' where target = 'out/t3.txt'")
+    project.write("in/1.txt", "leaf 1, edited\n")
+    assert statuses(project.build(), "built") == {"out/t1.txt", "out/join.txt"}
+    assert project.read("out/join.txt") == "leaf 1, edited\nleaf 2, edited\nleaf 3, edited\n"
+    assert outputs(project.root) == full_build_elsewhere(project, tmp_path / "again")
+    # ...and the rows it did not use were written again from the entries
+    [(log, exit_type)] = sql("select r.log, typeof(r.exit_code) from results r where target = 'out/t2.txt'")
+    assert log != "not a digest" and exit_type == "integer"
+    assert sql("select typeof(exit_code) from results where target = 'out/t3.txt'") == [("integer",)]
+
+
+def test_index_columns_are_checked_before_they_become_results():
+    """The index's columns are read thousands at a time, checked at once:
+    anything that is not a digest, a size or a bit is never a result."""
+    from buildsys.digest import all_digests
+    from buildsys.keys.workspace import _from_row
+
+    d, e = "a" * 64, "b" * 64
+    assert all_digests([d, e]) and all_digests([])
+    assert not all_digests([d, e.upper()]) and not all_digests([d, d[:-1]]) and not all_digests([d, None]) and not all_digests([d + d])
+
+    def outputs(*fields):
+        return "\0".join(fields)
+
+    good = _from_row(d, outputs("a.txt", e, "12", "0", "b/", d, "0", "1"), "", 0, 1.0, 0.5)
+    assert [(o.path, o.digest, o.size, o.executable) for o in good.outputs] == [("a.txt", e, 12, False), ("b/", d, 0, True)]
+    assert _from_row(d, "", "", 0, 1.0, 0.5).outputs == ()
+    for bad in (
+        outputs("a.txt", e, "12", "0") + "\0",  # a separator with nothing after it
+        outputs("a.txt", e.upper(), "12", "0"),
+        outputs("a.txt", e[:-1], "12", "0"),
+        outputs("a.txt", e, "-1", "0"),
+        outputs("a.txt", e, "1.5", "0"),
+        outputs("a.txt", e, "\u0661", "0"),  # a digit, but not an ASCII one
+        outputs("a.txt", e, "12", "yes"),
+        outputs("a.txt", e, "12"),
+        outputs("a.txt", e, "12", "0", "b.txt"),
+    ):
+        assert _from_row(d, bad, "", 0, 1.0, 0.5) is None, bad
 
 
 def test_a_batchfile_edited_as_it_was_read_is_trusted_only_by_a_later_run(project):

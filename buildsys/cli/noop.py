@@ -81,8 +81,8 @@ def changes(stamp: dict, settled: dict | None = None, why: list | None = None) -
         for name, value in stamp["env"].items():
             if _env_digest(name) != value:
                 return stale(f"the declared variable {name} changed")
-        files = [p for p, sig in stamp["files"].items() if _differs(p, sig, settled)]
-        outputs = [p for p, sig in stamp["outputs"].items() if _differs(p, sig, settled)]
+        files = _changed(stamp["files"], settled)
+        outputs = _changed(stamp["outputs"], settled)
         report, watch = stamp["report"], stamp["watch"]
         if not (type(report) is list and all(type(e) is list and len(e) == 2 and type(e[0]) is str for e in report)):
             return stale("the last build's stamp is damaged")
@@ -91,6 +91,26 @@ def changes(stamp: dict, settled: dict | None = None, why: list | None = None) -
         return files, outputs
     except (KeyError, TypeError, AttributeError, ValueError):
         return stale("the last build's stamp is damaged")
+
+
+def _changed(group: dict, settled: dict | None) -> list[str]:
+    """The files of `group` that differ from their signature (_differs),
+    with the common case, a stat exactly as signed, answered here: a stamp
+    holds thousands of files."""
+    found = []
+    for path, signed in group.items():
+        try:
+            st = os.stat(path)
+            if (
+                type(signed) is list and len(signed) in (4, 6) and signed[0] == st.st_size and signed[1] == st.st_mtime_ns
+                and signed[2] == st.st_ino and signed[3] == st.st_ctime_ns
+            ):
+                continue
+        except OSError:
+            pass
+        if _differs(path, signed, settled):
+            found.append(path)
+    return found
 
 
 def _differs(path: str, signed, settled: dict | None) -> bool:
@@ -324,9 +344,7 @@ def update(path: str, stamp: dict, ctx, cone, changed: list[str], reports: dict,
     sig = _signer(seen)
     files, dirs, outputs = dict(stamp["files"]), dict(stamp["dirs"]), dict(stamp["outputs"])
     watch = set(stamp["watch"])
-    for p in changed:
-        files[p] = sig(p)
-    new_files: dict = {}
+    new_files = {p: sig(p) for p in changed}
     new_dirs: dict = {}
     _watch(ctx, sig, environment, code, new_files, new_dirs, watch)
     # A folder output is signed whole again: files it no longer holds go.
@@ -336,11 +354,12 @@ def update(path: str, stamp: dict, ctx, cone, changed: list[str], reports: dict,
     new_outputs: dict = {}
     for name in cone:
         _outputs(ctx, ctx.graph.targets[name], sig, new_outputs)
-    for group, new in ((files, new_files), (dirs, new_dirs), (outputs, new_outputs)):
-        group.update(new)
     if any(s is not None and is_racy(s[1], started) for s in new_dirs.values()):
         return
-    _sign(started, ctx.workspace.stats.seen, files, outputs)
+    # Only what this build signed anew: the rest was signed by an earlier stamp.
+    _sign(started, ctx.workspace.stats.seen, new_files, new_outputs)
+    for group, new in ((files, new_files), (dirs, new_dirs), (outputs, new_outputs)):
+        group.update(new)
     # Watched folders this build changed (it wrote outputs into them) whose
     # probes still hold: signed again, so that the next check only stats them.
     signed: dict = {}

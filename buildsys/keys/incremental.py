@@ -57,15 +57,21 @@ def seed(sched, order: list[str], changed: set[str], keys: dict) -> bool:
     planner, reports = sched.planner, sched.reports
     graph, workspace = planner.graph, planner.workspace
     read = set(graph.behind_aliases({d for name in changed for d in graph.deps[name]})) - changed
-    last = workspace.last  # what each target was last built as, by any build of this workspace
-    found = {}
+    targets, wanted = graph.targets, {}
     for name in order:
-        if name in changed or graph.is_alias(name):
-            continue  # aliases have no key: the scheduler answers them from their targets
-        key = keys.get(name)
-        if graph.targets[name].phony or type(key) is not str or last.get(name) != key:
+        if name in changed:
+            continue
+        target = targets[name]
+        if target.phony:
+            if target.recipe is None:
+                continue  # an alias has no key: the scheduler answers it from its targets
             return False
-        found[name] = None
+        wanted[name] = keys.get(name)
+    # What each target was last built as, by any build of this workspace
+    # (compared as dict views: one pass in C over thousands of targets).
+    if not wanted.items() <= workspace.last.items():
+        return False
+    found = dict.fromkeys(wanted)
     results = workspace.last_results({name: keys[name] for name in read if name in found})
     for name in read & found.keys():
         result = results.get(name)

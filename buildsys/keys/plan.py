@@ -7,6 +7,7 @@ rebuilt target that produces the same bytes does not rebuild its dependents.
 from __future__ import annotations
 
 import json
+import operator
 import os
 import re
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from buildsys.digest import hash_bytes, signature, tree_manifest
 # What a recipe sees besides the variables it declares. None of these enter a
 # key: they say where a recipe runs, not what it computes.
 PASSTHROUGH = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "TMPDIR", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "VIRTUAL_ENV", "CONDA_PREFIX")
+
+_path = operator.attrgetter("path")
 
 
 # Names that look like credentials: declared with @env, their values would be
@@ -213,9 +216,9 @@ class Planner:
         """An input of the target that changed since its digest was taken
         (so while the recipe ran), or None. Compared by stat signature, as
         seen when the digest was taken."""
-        seen = self.workspace.stats.seen
+        seen, root = self.workspace.stats.seen, os.path.join(self.workspace.root, "")
         for path in list(target.inputs) + self._code.get(target.name, []):
-            full = path if os.path.isabs(path) else os.path.join(self.workspace.root, path.rstrip("/"))
+            full = path if path.startswith("/") else root + path.rstrip("/")  # os.path.join, for thousands of inputs
             files = self._tree_files.get(full)
             if files is not None:
                 now = set()
@@ -335,7 +338,7 @@ class Planner:
     def declares(target: Target, result: ActionResult) -> bool:
         # The key covers the output paths, so a true result names exactly the
         # declared outputs; anything else (a path outside the workspace, say) is corrupt.
-        return tuple(o.path for o in result.outputs) == target.outputs
+        return tuple(map(_path, result.outputs)) == target.outputs
 
     def recipe_env(self, target: Target, cpus: int = 0) -> dict:
         """What a recipe sees: the passthrough variables (never keyed), the

@@ -13,7 +13,7 @@ import shutil
 import time
 
 from buildsys import STATE_DIR
-from buildsys.digest import StatCache, is_digest
+from buildsys.digest import StatCache, all_digests, is_digest
 from buildsys.store.api import ActionResult, CorruptEntry, OutputEntry
 
 
@@ -26,6 +26,7 @@ class Workspace:
         # 10,000 writes one row, not the whole index.
         self.index_path = os.path.join(self.state, "index.db")
         self._db = None
+        self._keys: dict[str, str] | None = None  # the index's `last` table, once read
         self._written: dict[str, dict | None] = {}  # this build's entries, saved at the end (None: forgotten)
         self._before: dict[str, dict | None] = {}  # what the index held for them: what bb last wrote
         self._unrowed: set[str] = set()  # entries found without their columns
@@ -84,19 +85,28 @@ class Workspace:
     def last(self) -> dict[str, str]:
         """target -> key of its last successful build (one query, not one
         per target)."""
-        found = {}
-        db = self._index()
-        if db is not None:
-            import sqlite3
-
-            with contextlib.suppress(sqlite3.DatabaseError):
-                found = {t: k for t, k in db.execute("select target, key from last") if is_digest(k)}
+        found = dict(self._saved_keys())
         for target, entry in self._written.items():
             if entry is None:
                 found.pop(target, None)
             else:
                 found[target] = entry["key"]
         return found
+
+    def _saved_keys(self) -> dict[str, str]:
+        """The index's `last` table, target -> key, read once (it changes
+        only when this process saves)."""
+        if self._keys is None:
+            self._keys = {}
+            db = self._index()
+            if db is not None:
+                import sqlite3
+
+                with contextlib.suppress(sqlite3.DatabaseError):
+                    self._keys = dict(db.execute("select target, key from last"))
+                if not all_digests(self._keys.values()):
+                    self._keys = {t: k for t, k in self._keys.items() if is_digest(k)}
+        return self._keys
 
     def last_key(self, target: str) -> str | None:
         """The key of the target's last successful build."""
@@ -122,13 +132,22 @@ class Workspace:
         db = self._index()
         wanted = [t for t in keys if t not in self._written]
         if db is not None and wanted:
-            # Only rows that agree with the entry in `last`, the index proper.
-            columns = "select r.target, r.key, r.outputs, r.log, r.exit_code, r.started, r.duration, l.key from results r join last l on l.target = r.target"
+            # Rows whose fields are of bb's types (checked in SQLite: thousands
+            # of rows at once; the outputs column is checked by _from_row) and
+            # that agree with the entry in `last`, the index proper.
+            columns = (
+                "select target, key, outputs, log, exit_code, started, duration from results where typeof(outputs) = 'text'"
+                " and typeof(exit_code) = 'integer' and typeof(started) in ('integer', 'real') and typeof(duration) in ('integer', 'real')"
+            )
             # Many targets: one pass over the table beats as many lookups.
-            query, args = (columns, ()) if len(wanted) > 1000 else (columns + " where r.target in (select value from json_each(?))", (json.dumps(wanted),))
+            query, args = (columns, ()) if len(wanted) > 1000 else (columns + " and target in (select value from json_each(?))", (json.dumps(wanted),))
+            saved = self._saved_keys()
             with contextlib.suppress(sqlite3.DatabaseError):
-                for target, *row, last_key in db.execute(query, args):
-                    if keys.get(target) == row[0] == last_key and target not in self._written:
+                rows = [row for row in db.execute(query, args) if keys.get(row[0]) == row[1] == saved.get(row[0]) and row[0] not in self._written]
+                # Checked at once where all are digests (the rule), else row by row.
+                sound = all_digests(row[1] for row in rows) and all_digests(row[3] for row in rows if row[3])
+                for target, *row in rows:
+                    if sound or (is_digest(row[0]) and (row[2] == "" or is_digest(row[2]))):
                         found[target] = _from_row(*row)
                 found = {t: r for t, r in found.items() if r is not None}
         for target, key in keys.items():
@@ -241,6 +260,7 @@ class Workspace:
                 db.execute("rollback")
                 raise
             self._written.clear()
+            self._keys = None
             self._unrowed.clear()
         except (OSError, sqlite3.DatabaseError) as err:
             self.warnings.append(f"could not save {os.path.relpath(self.index_path)} ({err}); the next build checks more")
@@ -251,22 +271,24 @@ def _to_row(entry: dict) -> tuple:
     return entry["key"], outputs, entry["log"], entry["exit_code"], entry["started"], entry["duration"]
 
 
+# One output in the index's outputs column: path, digest, size, executable
+# bit, \0 between fields and between outputs.
+_OUTPUT_COLUMNS = re.compile(r"([^\0]*)\0([0-9a-f]{64})\0([0-9]+)\0([01])(?:\0(?=.)|\Z)", re.S)
+
+
 def _from_row(key, outputs, log, exit_code, started, duration) -> ActionResult | None:
-    """A result from its columns, checked by ActionResult.checked as an
-    entry is (no digest that is not one, no field of another type), or None."""
-    fields = outputs.split("\0") if type(outputs) is str and outputs else []
-    if len(fields) % 4:
-        return None
-    entries = []
-    for i in range(0, len(fields), 4):
-        path, digest, size, executable = fields[i : i + 4]
-        if not (size.isdigit() and size.isascii() and executable in ("0", "1")):
+    """A result from its columns, its key, log and types checked by the
+    caller: None unless each output is a path, a digest, a size and a bit,
+    as ActionResult.checked wants them."""
+    entries, at = [], 0
+    while at < len(outputs):
+        found = _OUTPUT_COLUMNS.match(outputs, at)
+        if found is None:
             return None
+        path, digest, size, executable = found.groups()
         entries.append(OutputEntry(path, digest, int(size), executable == "1"))
-    try:
-        return ActionResult.checked(key, tuple(entries), exit_code, log, started, duration, {}, {})
-    except CorruptEntry:
-        return None
+        at = found.end()
+    return ActionResult.of_checked(key, tuple(entries), exit_code, log, started, duration)
 
 
 class Busy(Exception):

@@ -178,7 +178,13 @@ class Graph:
 
     def behind_aliases(self, names) -> list[str]:
         """The targets `names` stand for, looking through aliases."""
-        out, stack, seen = [], list(names), set()
+        names = list(names)
+        aliases = self.__dict__.get("_aliases")
+        if aliases is None:
+            aliases = self.__dict__["_aliases"] = {n for n, t in self.targets.items() if t.phony and t.recipe is None}
+        if aliases.isdisjoint(names):
+            return list(dict.fromkeys(names))  # the common case, thousands of names at once
+        out, stack, seen = [], names, set()
         while stack:
             name = stack.pop()
             if name in seen:
@@ -203,6 +209,7 @@ class Graph:
     def __getstate__(self):
         state = dict(self.__dict__)
         state.pop("_closures", None)  # not part of a cached graph
+        state.pop("_aliases", None)
         return state
 
 

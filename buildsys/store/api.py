@@ -94,6 +94,17 @@ class ActionResult:
         return cls(key, outputs, exit_code, log, started, duration, action, provenance)
 
     @classmethod
+    def of_checked(cls, key, outputs: tuple, exit_code, log, started, duration) -> "ActionResult":
+        """A result from fields already checked as `checked` checks them,
+        with no action or provenance: made without the frozen dataclass's
+        per-field __setattr__ (an incremental build makes thousands)."""
+        result = object.__new__(cls)
+        result.__dict__.update(
+            key=key, outputs=outputs, exit_code=exit_code, log=log, started=started, duration=duration, action={}, provenance={}
+        )
+        return result
+
+    @classmethod
     def from_bytes(cls, data: bytes) -> "ActionResult":
         try:
             raw = json.loads(data)
