@@ -1,25 +1,14 @@
 """Errors a user can act on. Each one prints as one paragraph, never a traceback."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-
-@dataclass(frozen=True)
-class Location:
-    file: str
-    line: int
-    column: int = 0
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}" + (f":{self.column}" if self.column else "")
-
 
 class BBError(Exception):
     """An error caused by input or environment, reported without a traceback."""
 
     exit_code = 1
 
-    def __init__(self, message: str, *, where: Location | str | None = None, hint: str = "", detail: str = ""):
+    # `where`: a lang.model.Location, or a path in words
+    def __init__(self, message: str, *, where=None, hint: str = "", detail: str = ""):
         super().__init__(message)
         self.message = message
         self.where = where

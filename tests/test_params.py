@@ -15,7 +15,7 @@ import pytest
 from buildsys.errors import BatchfileError, UsageError
 from buildsys.lang.model import Record
 from buildsys.lang.values import from_data, override_value
-from buildsys.errors import Location
+from buildsys.lang.model import Location
 
 
 def no_traceback(proc):

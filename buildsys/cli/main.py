@@ -47,6 +47,8 @@ def _split_overrides(words: list[str]) -> tuple[list[str], dict]:
     """Targets, and variables set on the command line: NAME=text is a string,
     NAME='[a, b]' a list (of records too: '[{name: a, k: 5}]'), and
     NAME.field=value sets a field of a record variable."""
+    if not any("=" in w for w in words):
+        return list(words), {}  # (the no-op check then imports no part of the language)
     from buildsys.lang.values import OVERRIDE_NAME, override_value
 
     targets, overrides = [], {}
@@ -248,7 +250,7 @@ def _lock(args) -> None:
     """One builder per workspace: wait for (or, with --no-wait, refuse) the
     lock; then stop recipes a bb that died may have left running."""
     from buildsys import STATE_DIR
-    from buildsys.keys.workspace import Busy, lock
+    from buildsys.keys.lock import Busy, lock
 
     state = os.path.join(os.path.dirname(os.path.abspath(_find_batchfile(args.file))), STATE_DIR)
 

@@ -11,8 +11,8 @@ import re
 from dataclasses import dataclass, field
 
 from buildsys import units
-from buildsys.errors import BatchfileError, Location, UsageError, did_you_mean
-from buildsys.lang.model import Attribute, Batchfile, Loop, Record, Rule, Zip, one_line, render, show
+from buildsys.errors import BatchfileError, UsageError, did_you_mean
+from buildsys.lang.model import Attribute, Batchfile, Location, Loop, Record, Rule, Zip, one_line, render, show
 from buildsys.lang.probes import Probes
 from buildsys.lang.settings import Settings
 from buildsys.lang.settings import resolve as resolve_settings

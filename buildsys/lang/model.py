@@ -4,7 +4,18 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from buildsys.errors import Location
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where in a Batchfile (or an included file) something was written."""
+
+    file: str
+    line: int
+    column: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}" + (f":{self.column}" if self.column else "")
 
 
 def show(text: str, limit: int = 60) -> str:

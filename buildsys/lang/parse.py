@@ -13,9 +13,9 @@ import stat
 import textwrap
 from pathlib import Path
 
-from buildsys.errors import BatchfileError, Location
+from buildsys.errors import BatchfileError
 from buildsys.files import write_atomic
-from buildsys.lang.model import Assignment, Attribute, Batchfile, Loop, Record, Rule, Setting, Zip, one_line, show
+from buildsys.lang.model import Assignment, Attribute, Batchfile, Location, Loop, Record, Rule, Setting, Zip, one_line, show
 
 # A link to grammar/batchfile.lark, so the grammar ships inside the package.
 GRAMMAR = Path(__file__).parent / "batchfile.lark"

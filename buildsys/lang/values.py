@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import re
 
-from buildsys.errors import BatchfileError, Location, UsageError
-from buildsys.lang.model import Record, render, show
+from buildsys.errors import BatchfileError, UsageError
+from buildsys.lang.model import Location, Record, render, show
 
 # A field name: what may stand after a dot in $(m.k).
 FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
