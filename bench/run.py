@@ -34,7 +34,7 @@ sys.path.insert(0, HERE)
 
 import gen  # noqa: E402
 
-BIN = os.path.dirname(sys.executable)
+BIN = os.path.dirname(sys.executable)  # where bb and doit are run from: the bench's venv (install()), unless --in-place
 TOOLS = ("make", "doit", "bb", "bb-for")  # bb-for: the fan-out written with @for (the chain has one style)
 
 
@@ -462,7 +462,7 @@ for p in paths:
 
 def measure_startup(results: list) -> None:
     """What starting each program costs here, before it does any work."""
-    py = sys.executable
+    py = os.path.join(BIN, "python")
     cases = [
         ("python -c pass", [py, "-c", "pass"]),
         ("python -S -c pass (no site-packages)", [py, "-S", "-c", "pass"]),
@@ -513,7 +513,7 @@ def startup_table(rows) -> list[str]:
     imports = next((r["imports"] for r in rows if r["section"] == "startup-imports"), [])
     if imports:
         out += ["", "What a bare `python -c pass` imports here (cumulative, from `-X importtime`; `site` runs the `.pth` files in "
-                "site-packages, which import the editable install's finder and, on this machine, `certifi`): "
+                "site-packages): "
                 + "; ".join(_nest(imports)) + "."]
     return out
 
@@ -574,6 +574,7 @@ def machine(workdirs: list[str]) -> dict:
         "memory": mem,
         "disks": disks,
         "python": platform.python_version(),
+        "bin": BIN,
         "bb": _out([os.path.join(BIN, "bb"), "--version"]),
         "bb_code": code_state(),
         "make": _out(["make", "--version"]).splitlines()[0] if shutil.which("make") else "missing",
@@ -594,11 +595,29 @@ def _importable(mod: str) -> bool:
         return False
 
 
+def install() -> None:
+    """bb (from this checkout) and doit in a virtual environment of their
+    own, installed as a user installs them: not editable (an editable
+    install's import hook costs every start), and without whatever .pth
+    files this machine's own site-packages carries. BIN points into it."""
+    global BIN
+    venv = os.path.join(ARGS.workdirs[0], "venv")
+    if not os.path.exists(os.path.join(venv, "bin", "python")):
+        subprocess.run([sys.executable, "-m", "venv", venv], env=ENV, check=True)
+    pip = [os.path.join(venv, "bin", "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    # --force-reinstall of bb only: the checkout's code as it is now, whatever its version says
+    subprocess.run(pip + ["doit"], env=ENV, check=True)
+    subprocess.run(pip + ["--force-reinstall", "--no-deps", REPO], env=ENV, check=True)
+    subprocess.run(pip + [REPO], env=ENV, check=True)  # its dependencies
+    BIN = os.path.join(venv, "bin")
+
+
 def prepare() -> None:
     """Compile bb's modules once (as pip does for an installed package), and run
     each tool once on a tiny pipeline so no first-import costs land in a measurement."""
-    pkg = _out([sys.executable, "-c", "import buildsys, os; print(os.path.dirname(buildsys.__file__))"])
-    subprocess.run([sys.executable, "-m", "compileall", "-q", pkg], env=ENV, check=False)
+    python = os.path.join(BIN, "python")
+    pkg = _out([python, "-c", "import buildsys, os; print(os.path.dirname(buildsys.__file__))"])
+    subprocess.run([python, "-m", "compileall", "-q", pkg], env=ENV, check=False)
     warm = os.path.join(ARGS.workdirs[0], "warmup")
     for tool in ("make", "doit", "bb", "bb-for"):
         folder = os.path.join(warm, tool)
@@ -751,8 +770,13 @@ NOTES = """\
   for every command it measures and runs `python -m compileall -q` over
   `buildsys/` first, so bb (and doit) start as an installed package does.
   Every tool also runs once on a 10-task pipeline before anything is timed.
-- **Direct entry points.** `bb` and `doit` are run from the interpreter's
-  `bin/` folder (`{bin}`), not through pyenv shims, which add ~90 ms per start.
+- **Installed as users install them.** `bb` and `doit` run from a virtual
+  environment the benchmark makes (`{bin}`), where both are installed by
+  `pip install` from PyPI and from this checkout, not editable: an editable
+  install's import hook costs bb ~17 ms per start here, and this machine's
+  own site-packages carries `.pth` files (one imports `certifi`, ~14 ms) that
+  no user's environment has. They are run from its `bin/` folder directly,
+  not through pyenv shims, which add ~90 ms per start.
 - **Timing and peak RSS.** Wall-clock is `time.perf_counter()` around the
   tool's process. Every tool runs under `/usr/bin/time -f %M` for its peak
   RSS (the maximum over the tool and the recipes it waited for): a process
@@ -805,8 +829,8 @@ NOTES = """\
   machine (test suites, other benchmarks) adds noise to every figure, most to
   the sub-100 ms ones; on a 2-core machine a load above 2 means the tools
   waited for a core. The pipeline tables give the load before each run.
-- **bb under development.** bb is installed editable from this checkout and
-  was measured as it was on disk: {codes}.
+- **bb under development.** bb is installed from this checkout as it was on
+  disk when the run began: {codes}.
 """
 
 
@@ -921,7 +945,7 @@ def write_report(runs: list[dict], path: str) -> str:
              for k, run in enumerate(runs, 1)]
     codes = [f"{'run ' + str(k) + ': ' if len(runs) > 1 else ''}{run['machine']['bb_code']} at the start, {run['machine'].get('bb_code_end', '?')} at the end"
              for k, run in enumerate(runs, 1)]
-    lines += ["## Notes", "", NOTES.format(loads="; ".join(loads), codes="; ".join(codes), overhead=meta.get("wrapper_overhead_ms", "?"), bin=BIN,
+    lines += ["## Notes", "", NOTES.format(loads="; ".join(loads), codes="; ".join(codes), overhead=meta.get("wrapper_overhead_ms", "?"), bin=meta.get("bin", BIN),
                                            doit_db=meta["doit_backend"], timeout=ARGS.timeout or 0)]
     text = "\n".join(lines)
     with open(path, "w") as f:
@@ -956,6 +980,7 @@ def parse_args(argv=None):
     p.add_argument("--results", default=os.path.join(HERE, "RESULTS.md"), help="where to write the report")
     p.add_argument("--report-only", metavar="JSON", nargs="+", help="rewrite the report from the results.json of earlier runs (one section per run)")
     p.add_argument("--label", default="", help="a few words on why this run was made, shown in the report")
+    p.add_argument("--in-place", action="store_true", help="run the bb and doit installed beside this Python (an editable bb, say) instead of a venv of their own")
     a = p.parse_args(argv)
     a.workdirs = [os.path.abspath(w) for w in (a.workdirs or [os.path.join(HERE, "work")])]
     a.sizes = [int(s) for s in (a.sizes or ("100,1000" if a.quick else "100,1000,10000")).split(",")]
@@ -989,6 +1014,8 @@ def main(argv=None) -> int:
         return 0
     for w in ARGS.workdirs:
         os.makedirs(w, exist_ok=True)
+    if not ARGS.in_place:
+        install()
     meta = machine(ARGS.workdirs)
     print(f"bench: {meta['bb']} ({meta['bb_code']}), {meta['make']}, doit {meta['doit']}, Python {meta['python']}, nproc {meta['nproc']}", flush=True)
     prepare()
