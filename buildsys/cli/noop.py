@@ -267,9 +267,9 @@ def write(path: str, ctx, roots: list[str], reports: dict, seen: dict, environme
         for n in target.attrs.env:
             env[n] = _env_digest(n)
         for inp in target.inputs:
-            if not graph.is_source(inp):
-                continue
             p = full(inp.rstrip("/"))
+            if p in files or p in dirs or not graph.is_source(inp):
+                continue  # (a source many targets read, src.txt of a fan-out, is signed once)
             if os.path.isdir(p):
                 _walk(p, files, dirs, sig)
             else:
