@@ -18,6 +18,9 @@ from blake3 import blake3
 
 CHUNK = 1 << 22
 _HEX = re.compile(r"[0-9a-f]{64}")
+# Compact JSON, as keys, results and bb's own state files are written: one
+# encoder for all (json.dumps with options builds a new one per call).
+compact_json = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def is_digest(value) -> bool:
@@ -77,7 +80,7 @@ def tree_manifest(entries: dict[str, FileDigest]) -> bytes:
     Empty folders are entries too (ending in '/'), so they are part of a
     tree's digest and come back when the tree is restored."""
     listing = [[rel, fd.digest, fd.size, fd.executable] for rel, fd in sorted(entries.items())]
-    return json.dumps(listing, separators=(",", ":")).encode()
+    return compact_json(listing).encode()
 
 
 def safe_relpath(rel) -> bool:
@@ -188,7 +191,7 @@ class StatCache:
         from buildsys.files import write_atomic
 
         try:
-            write_atomic(self.path, json.dumps(self.entries, separators=(",", ":")).encode())
+            write_atomic(self.path, compact_json(self.entries).encode())
             self.dirty = False
         except OSError:  # a cache: on a full disk, the next run hashes again
             pass

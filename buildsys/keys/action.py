@@ -8,16 +8,11 @@ the blake3 of a canonical JSON encoding. Nothing that cannot change a result
 from __future__ import annotations
 
 import difflib
-import json
 from dataclasses import dataclass
 
-from buildsys.digest import hash_bytes
+from buildsys.digest import compact_json, hash_bytes
 
 SCHEMA = "bb-action-3"
-
-# One encoder for every action: json.dumps with options builds a new one per
-# call, which costs as much as the encoding of a small action.
-_encode = json.JSONEncoder(separators=(",", ":")).encode
 
 
 @dataclass(frozen=True)
@@ -37,7 +32,7 @@ class Action:
         # the key: two rules doing the same work on the same inputs into the
         # same paths share a result.
         body = [self.schema, self.recipe, self.inputs, self.outputs, self.params, self.env, self.environment]
-        return _encode(body).encode()
+        return compact_json(body).encode()
 
     def key(self) -> str:
         # Asked several times per target (plan, run, record): computed once.
@@ -62,7 +57,7 @@ class Action:
         }
 
     def to_bytes(self) -> bytes:
-        return _encode(self.to_json()).encode()
+        return compact_json(self.to_json()).encode()
 
     @classmethod
     def from_json(cls, data: dict) -> "Action":

@@ -13,7 +13,7 @@ import shutil
 import time
 
 from buildsys import STATE_DIR
-from buildsys.digest import StatCache, all_digests, is_digest
+from buildsys.digest import StatCache, all_digests, compact_json, is_digest
 from buildsys.store.api import ActionResult, CorruptEntry, OutputEntry
 
 
@@ -249,7 +249,7 @@ class Workspace:
                 db = self._db = self._open(create=True)
             db.execute("begin")
             try:
-                db.executemany("insert or replace into last values (?, ?, ?)", [(t, e["key"], json.dumps(e, separators=(",", ":"))) for t, e in self._written.items() if e is not None])
+                db.executemany("insert or replace into last values (?, ?, ?)", [(t, e["key"], compact_json(e)) for t, e in self._written.items() if e is not None])
                 rows = {t: e for t, e in ((t, self._stored(t)) for t in self._unrowed) if e is not None}
                 rows.update(self._written)
                 db.executemany("insert or replace into results values (?, ?, ?, ?, ?, ?, ?)", [(t, *_to_row(e)) for t, e in rows.items() if e is not None])

@@ -14,11 +14,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from buildsys.digest import FileDigest, hash_bytes, is_digest, parse_manifest
-
-
-# One encoder for every result: json.dumps with options builds a new one per call.
-_encode = json.JSONEncoder(separators=(",", ":")).encode
+from buildsys.digest import FileDigest, compact_json, hash_bytes, is_digest, parse_manifest
 
 
 @dataclass(frozen=True)
@@ -54,7 +50,7 @@ class ActionResult:
         }
 
     def to_bytes(self) -> bytes:
-        return _encode(self.to_json()).encode()
+        return compact_json(self.to_json()).encode()
 
     @classmethod
     def from_json(cls, raw) -> "ActionResult":
