@@ -721,14 +721,22 @@ def targets_section(rows: list, where: str) -> list[str]:
         if first and first.get("ok"):
             out.append(f"| (the same, first no-op right after the build) | bb {_fmt_s(first['seconds'])}: {first['seconds'] / mk['seconds']:.1f}x make, {first['seconds'] / dt['seconds']:.2f}x doit | (informative) |")
     for shape, n in (("chain", 1000), ("chain", 10000), ("fanout", 1000), ("fanout", 10000)):
-        fb, fm = (get(section="pipeline", shape=shape, n=n, scenario="full build", tool=t) for t in ("bb", "make"))
+        fb, fm, fd = (get(section="pipeline", shape=shape, n=n, scenario="full build", tool=t) for t in ("bb", "make", "doit"))
         if fb and fm and fm.get("ok"):
             if fb.get("ok"):
                 r = fb["seconds"] / fm["seconds"]
                 verdict = "reached" if r <= 1.3 else "NOT reached"
                 out.append(f"| full build, per task, {shape} N={n} (-j{fb['jobs']}): bb within 1.3x make | bb {fb['seconds'] / n * 1000:.2f} ms, make {fm['seconds'] / n * 1000:.2f} ms per task: **{r:.2f}x** | {verdict} |")
+                if fd and fd.get("ok"):
+                    r = fb["seconds"] / fd["seconds"]
+                    out.append(f"| full build, {shape} N={n}: bb faster than doit | bb {_fmt_s(fb['seconds'])}, doit {_fmt_s(fd['seconds'])}: **{r:.2f}x** | {'reached' if r < 1 else 'NOT reached'} |")
             else:
                 out.append(f"| full build, per task, {shape} N={n} (-j{fb['jobs']}): bb within 1.3x make | bb {_cell(fb)}, make {_fmt_s(fm['seconds'])} | NOT reached |")
+    for shape in ("chain", "fanout"):
+        lb, lm = (get(section="pipeline", shape=shape, n=10000, scenario="leaf change", tool=t) for t in ("bb", "make"))
+        if lb and lb.get("ok"):
+            beside = f" (make {_fmt_s(lm['seconds'])})" if lm and lm.get("ok") else ""
+            out.append(f"| one changed input, {shape} N=10000: bb under 0.3 s | bb **{_fmt_s(lb['seconds'])}**{beside} | {'reached' if lb['seconds'] < 0.3 else 'NOT reached'} |")
     for r in rows:
         if r["where"] == where and r["section"] == "plan":
             if r.get("seconds") is None:
