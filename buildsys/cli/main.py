@@ -338,11 +338,12 @@ def _learn_digests(root: str, settled: dict) -> None:
     """Files the no-op check read by their bytes (touched, or written just
     before the last stamp): the stat cache keeps their digest for their
     stat now, as a build that hashed them would."""
-    from buildsys.keys.workspace import Workspace
+    from buildsys import STAT_CACHE, STATE_DIR
+    from buildsys.digest import StatCache  # (not the workspace: a no-op needs no index or store)
 
     read = {p: s for p, s in settled.items() if len(s) == 6}
     if read:
-        stats = Workspace(root).stats
+        stats = StatCache(os.path.join(root, STATE_DIR, STAT_CACHE))
         for p, s in read.items():
             stats.learn(p, s[:4], s[4])
         stats.save()
