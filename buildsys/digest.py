@@ -8,6 +8,7 @@ of each file), so trees are keyed by content exactly like files.
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import os
 import re
@@ -84,7 +85,12 @@ def tree_manifest(entries: dict[str, FileDigest]) -> bytes:
 
 def safe_relpath(rel) -> bool:
     """A relative '/'-separated path that stays inside its folder."""
-    if type(rel) is not str or not rel or "\0" in rel or rel.startswith("/"):
+    return type(rel) is str and _safe_relpath(rel)
+
+
+@functools.lru_cache(maxsize=1 << 16)  # each output path is checked several times per build
+def _safe_relpath(rel: str) -> bool:
+    if not rel or "\0" in rel or rel.startswith("/"):
         return False
     parts = rel[:-1].split("/") if rel.endswith("/") else rel.split("/")
     return all(p not in ("", ".", "..") for p in parts)

@@ -12,7 +12,7 @@ import re
 import shutil
 import time
 
-from buildsys import STATE_DIR
+from buildsys import STAT_CACHE, STATE_DIR
 from buildsys.digest import StatCache, all_digests, compact_json, is_digest
 from buildsys.store.api import ActionResult, CorruptEntry, OutputEntry
 
@@ -21,12 +21,13 @@ class Workspace:
     def __init__(self, root: str):
         self.root = root
         self.state = os.path.join(root, STATE_DIR)
-        self.stats = StatCache(os.path.join(self.state, "stat-cache.json"))
+        self.stats = StatCache(os.path.join(self.state, STAT_CACHE))
         # The index lives in SQLite: a build that changes one target of
         # 10,000 writes one row, not the whole index.
         self.index_path = os.path.join(self.state, "index.db")
         self._db = None
         self._keys: dict[str, str] | None = None  # the index's `last` table, once read
+        self._read: dict[str, dict | None] = {}  # its entries read so far (_stored)
         self._written: dict[str, dict | None] = {}  # this build's entries, saved at the end (None: forgotten)
         self._before: dict[str, dict | None] = {}  # what the index held for them: what bb last wrote
         self._unrowed: set[str] = set()  # entries found without their columns
@@ -65,7 +66,11 @@ class Workspace:
             return False
 
     def _stored(self, target: str) -> dict | None:
-        """The index's entry for the target, if it is one bb writes."""
+        """The index's entry for the target, if it is one bb writes. Read
+        once until the next save: a target's lookup, the check of what sits
+        at its outputs and its record each want it."""
+        if target in self._read:
+            return self._read[target]
         db = self._index()
         if db is None:
             return None
@@ -75,8 +80,9 @@ class Workspace:
             row = db.execute("select entry from last where target = ?", (target,)).fetchone()
             entry = json.loads(row[0]) if row else None
         except (sqlite3.DatabaseError, ValueError, TypeError):
-            return None  # never trusted: the target is looked up in the store
-        return entry if type(entry) is dict and is_digest(entry.get("key")) else None
+            entry = None  # never trusted: the target is looked up in the store
+        entry = self._read[target] = entry if type(entry) is dict and is_digest(entry.get("key")) else None
+        return entry
 
     def _entry(self, target: str) -> dict | None:
         return self._written[target] if target in self._written else self._stored(target)
@@ -261,6 +267,7 @@ class Workspace:
                 raise
             self._written.clear()
             self._keys = None
+            self._read.clear()
             self._unrowed.clear()
         except (OSError, sqlite3.DatabaseError) as err:
             self.warnings.append(f"could not save {os.path.relpath(self.index_path)} ({err}); the next build checks more")

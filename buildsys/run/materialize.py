@@ -30,14 +30,14 @@ def output_path(root: str, rel: str) -> str:
             hint="The store holds a corrupt or forged entry: run 'bb cache verify --delete', and check who writes to the store.",
         )
     bare = rel.rstrip("/")
-    full = os.path.join(root, bare)
+    here = root if root.endswith("/") else root + "/"
+    full = here + bare  # (os.path.join: bare is relative, checked above)
     # Only the folders below the root can lead out (the root is where bb was
     # asked to work), so each is lstat'ed rather than resolving the whole
     # path from '/'. Nothing is remembered between calls: a recipe may swap a
     # folder for a symlink at any time.
-    here = root
     for part in bare.split("/")[:-1]:
-        here = os.path.join(here, part)
+        here += part
         try:
             mode = os.lstat(here).st_mode
         except OSError:
@@ -47,6 +47,7 @@ def output_path(root: str, rel: str) -> str:
             break
         if not statmod.S_ISDIR(mode):
             break  # writing below a file fails by itself
+        here += "/"
     return full
 
 

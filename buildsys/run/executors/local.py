@@ -182,7 +182,7 @@ def _plain_command(job: Job, env: dict) -> tuple[list[str], list] | None:
     i = 0
     while i < len(words):
         word = words[i]
-        redirect = _REDIRECT.fullmatch(word)
+        redirect = _REDIRECT.fullmatch(word) if "<" in word or ">" in word else None
         if redirect is not None:
             op, name = redirect.groups()
             if not name:
@@ -195,8 +195,8 @@ def _plain_command(job: Job, env: dict) -> tuple[list[str], list] | None:
             else:
                 flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if op == ">>" else os.O_TRUNC)
                 actions.append((os.POSIX_SPAWN_OPEN, 1, name, flags, 0o666))
-        elif _PLAIN.fullmatch(word):
-            argv.append(word)
+        elif "<" not in word and ">" not in word:
+            argv.append(word)  # (the line is of plain characters, blanks and < >)
         else:
             return None
         i += 1
