@@ -186,6 +186,20 @@ def test_bb_runs_a_one_command_recipe_without_a_shell_and_any_recipe_to_its_end(
     assert "exited with code 127" in proc.stderr and "not found" in proc.stderr
 
 
+def test_a_recipe_longer_than_an_argument_may_be_runs_from_a_file(project, tmp_path):
+    """Linux refuses one argument of more than 128 KiB: a generated recipe
+    that long still runs, all of it, with `sh -e` semantics, and leaves no
+    temporary file behind."""
+    lines = [f"echo line {i} {'x' * 100} >> $@" for i in range(1500)]  # ~180 KB
+    project.batchfile("out.txt:\n" + "".join(f"    {line}\n" for line in lines) + "\nfails.txt:\n" + "".join(f"    echo {'y' * 100} > /dev/null\n" for _ in range(1500)) + "    false\n    echo not reached > $@\n")
+    assert project.build("out.txt", env={"TMPDIR": str(tmp_path)}) == {"out.txt": "built"}
+    text = project.read("out.txt").splitlines()
+    assert len(text) == 1500 and text[0].startswith("line 0 ") and text[-1].startswith("line 1499 ")
+    proc = project.bb("build", "fails.txt", check=1, env={"TMPDIR": str(tmp_path)})
+    assert "exited with code 1" in proc.stderr and not (project.root / "fails.txt").exists()
+    assert not [p for p in os.listdir(tmp_path) if p.startswith("bb-recipe-")]
+
+
 # ---- memos -----------------------------------------------------------------------------
 
 

@@ -13,6 +13,7 @@ import re
 import select
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 
@@ -21,6 +22,9 @@ from buildsys.run.supervisor import MARK, Supervisor
 
 GRACE_SECONDS = 5.0
 LOG_LIMIT = 8 << 20
+# Linux refuses any one argument longer than 128 KiB (MAX_ARG_STRLEN): a
+# longer recipe (generated, say) runs from a temporary file, not `sh -c`.
+LONGEST_ARGUMENT = (128 << 10) - 1
 
 
 class LocalExecutor:
@@ -36,6 +40,19 @@ class LocalExecutor:
         self._supervisor: Supervisor | None = None
 
     def run(self, job: Job) -> Outcome:
+        script = None
+        if len(job.recipe.encode()) > LONGEST_ARGUMENT:
+            try:
+                script = _script_file(job.recipe)
+            except OSError as err:
+                return Outcome(127, time.time(), 0.0, output=f"bb: cannot write its recipe (too long for one argument) to a temporary file: {err}\n".encode())
+        try:
+            return self._run(job, script)
+        finally:
+            if script is not None:
+                os.unlink(script)
+
+    def _run(self, job: Job, script: str | None) -> Outcome:
         started = time.time()
         if self._supervisor is None:
             with self._lock:  # started with the first recipe, once
@@ -45,7 +62,7 @@ class LocalExecutor:
         if self._cancelled.is_set():
             return Outcome(130, started, 0.0, interrupted=True)
         try:
-            pid, out = _spawn(job, {**job.env, MARK: self._build_id})
+            pid, out = _spawn(job, {**job.env, MARK: self._build_id}, script)
         except OSError as err:
             return Outcome(127, started, time.time() - started, output=f"bb: cannot start {job.shell}: {err}\n".encode())
         # Held until the shell is reaped; _stop waits on it. (A plain lock:
@@ -111,15 +128,24 @@ class LocalExecutor:
 _DEFAULT_SIGNALS = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, name))
 
 
-def _spawn(job: Job, env: dict) -> tuple[int, int]:
+def _script_file(recipe: str) -> str:
+    """A recipe too long for `sh -c`, in a temporary file for `sh -e FILE`."""
+    fd, path = tempfile.mkstemp(prefix="bb-recipe-", suffix=".sh")
+    with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as f:
+        f.write(recipe)
+    return path
+
+
+def _spawn(job: Job, env: dict, script: str | None = None) -> tuple[int, int]:
     """Start the recipe in a session of its own (so its group can be killed
     as one), stdin from /dev/null, stdout and stderr into one pipe; returns
     its pid and the pipe's read end. posix_spawn costs bb a fraction of
     subprocess.Popen's CPU; it cannot change folders, so a job elsewhere than
-    bb's working folder (a sandbox) goes through Popen."""
-    argv = [job.shell, "-e", "-c", job.recipe]
+    bb's working folder (a sandbox) goes through Popen. `script`: the file
+    holding a recipe too long to be passed as an argument."""
+    argv = [job.shell, "-e", script] if script else [job.shell, "-e", "-c", job.recipe]
     if _here(job.cwd):
-        plain = _plain_command(job, env)
+        plain = _plain_command(job, env) if script is None else None
         if plain is not None:
             try:
                 return _posix_spawn(plain[0][0], plain[0], env, plain[1], search=True)
