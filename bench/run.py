@@ -318,8 +318,11 @@ def measure_pipeline(p: Pipeline, results: list, where: str) -> None:
     print(f"\n{p.shape} N={p.n} (-j{p.jobs}) in {p.root}", flush=True)
     for tool in p.tools:
         clean(p.folder(tool), tool)
+    # A full build is one sample per run above --full-repeat-max-n (minutes at
+    # 10,000 tasks); below, the median of --full-repeat, each from nothing.
+    full_repeat = ARGS.full_repeat if p.n <= ARGS.full_repeat_max_n else 1
     for tool in p.tools:
-        one("full build", tool, expect_ran=n_all, heavy=True)
+        one("full build", tool, expect_ran=n_all, heavy=True, repeat=full_repeat, prepare=(lambda t: clean(p.folder(t), t)) if full_repeat > 1 else None)
     for tool in p.tools:
         one("no-op (1st)", tool, expect_ran=0)
     for tool in p.tools:
@@ -679,7 +682,8 @@ def pipeline_table(rows: list, where: str) -> list[str]:
         rss = "/".join("—" if by.get(t) is None or "maxrss_kb" not in by[t] else f"{by[t]['maxrss_kb'] / 1024:.0f}" for t in TOOLS)
         load = "/".join("—" if by.get(t) is None or by[t].get("load") is None else f"{by[t]['load']:.1f}" for t in TOOLS)
         jobs = next(iter(by.values()))["jobs"]
-        label = scenario + (f" (median of {len(by['bb'].get('samples', []))})" if scenario == "no-op" and "bb" in by and by["bb"].get("samples") else "")
+        samples = len(by["bb"].get("samples", [])) if "bb" in by else 0
+        label = scenario + (f" (median of {samples})" if scenario in ("no-op", "full build") and samples > 1 else "")
         out.append(
             f"| {shape} | {n} | {jobs} | {label} | {_cell(by.get('make'))} | {_cell(by.get('doit'))} | {_cell(by.get('bb'))} | {_cell(by.get('bb-for'))} "
             f"| {_ratio(sec('bb'), sec('make'))} | {_ratio(sec('bb'), sec('doit'))} | {_ratio(sec('bb-for'), sec('make'))} | {_ratio(sec('bb-for'), sec('doit'))} | {ran} | {rss} | {load} |"
@@ -886,6 +890,7 @@ def summary_table(runs: list[dict]) -> list[str]:
 
 def _use_args(saved: dict) -> None:
     """Render a saved run with the options it ran with."""
+    ARGS.full_repeat, ARGS.full_repeat_max_n = 1, 0  # (runs before these options had one sample)
     for k, v in saved.items():
         if k not in ("results", "report_only", "label"):
             setattr(ARGS, k, v)
@@ -905,7 +910,7 @@ def _run_sections(run: dict, level: str) -> list[str]:
         if t:
             lines += [f"{h} Targets", "", *t, ""]
         if any(r["section"] == "pipeline" and r["where"] == where for r in rows):
-            lines += [f"{h} Pipelines", "", "Times are wall-clock (median for no-op); ratios are bb's time over the other tool's (below 1: bb is faster). "
+            lines += [f"{h} Pipelines", "", "Times are wall-clock (the median of the samples the scenario names); ratios are bb's time over the other tool's (below 1: bb is faster). "
                       "`bb` is the Batchfile with one rule per task; `bb @for` is the fan-out written with `@for i in 1..N` (the chain has one form).", "",
                       *pipeline_table(rows, where), "", f"{h}# Full build, per task", "", *per_task_table(rows, where), ""]
         if any(r["section"] == "plan" and r["where"] == where for r in rows):
@@ -935,7 +940,8 @@ def write_report(runs: list[dict], path: str) -> str:
         *[f"- work folder `{w}`: `{d}`" for w, d in disks.items()],
         f"- Python {meta['python']}; {meta['bb']}",
         f"- {meta['make']}; doit {meta['doit']} (backend {meta['doit_backend']}); {meta['sha256sum']}",
-        f"- pipelines: chain at -j1 for every tool, fan-out at -j{ARGS.jobs} for every tool; no-op median of {ARGS.repeat}",
+        f"- pipelines: chain at -j1 for every tool, fan-out at -j{ARGS.jobs} for every tool; no-op median of {ARGS.repeat}"
+        + (f"; full build median of {ARGS.full_repeat} up to N={ARGS.full_repeat_max_n}" if ARGS.full_repeat > 1 else ""),
         "",
     ]
     lines += ["## Summary", "", "The project's targets in every run below (details, every measurement and the verdicts are in each run's section; "
@@ -974,6 +980,8 @@ def parse_args(argv=None):
     p.add_argument("--tools", default=",".join(TOOLS), help=f"comma-separated subset of {','.join(TOOLS)}")
     p.add_argument("-j", "--jobs", type=int, default=2, help="-j for the fan-out, for every tool (the chain runs at -j1)")
     p.add_argument("--repeat", type=int, default=5, help="no-op repetitions (median)")
+    p.add_argument("--full-repeat", type=int, default=3, help="full builds per tool, each from nothing (median), up to --full-repeat-max-n")
+    p.add_argument("--full-repeat-max-n", type=int, default=1000, help="largest N whose full build is repeated (default 1000)")
     p.add_argument("--timeout", type=float, help="seconds before a pipeline build is stopped (default 90; --quick 300)")
     p.add_argument("--extras-max-n", type=int, help="run 'touch source' and 'revert source' up to this N (default 1000; --quick 100)")
     p.add_argument("--for-max-n", type=int, help="measure the @for form of the fan-out up to this N (default: all; --quick 100)")
