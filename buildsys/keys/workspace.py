@@ -149,11 +149,12 @@ class Workspace:
             query, args = (columns, ()) if len(wanted) > 1000 else (columns + " and target in (select value from json_each(?))", (json.dumps(wanted),))
             saved = self._saved_keys()
             with contextlib.suppress(sqlite3.DatabaseError):
+                # (a key equal to the one `last` holds is a digest: _saved_keys checked it)
                 rows = [row for row in db.execute(query, args) if keys.get(row[0]) == row[1] == saved.get(row[0]) and row[0] not in self._written]
-                # Checked at once where all are digests (the rule), else row by row.
-                sound = all_digests(row[1] for row in rows) and all_digests(row[3] for row in rows if row[3])
+                # Logs checked at once where all are digests (the rule), else row by row.
+                sound = all_digests(row[3] for row in rows if row[3])
                 for target, *row in rows:
-                    if sound or (is_digest(row[0]) and (row[2] == "" or is_digest(row[2]))):
+                    if sound or row[2] == "" or is_digest(row[2]):
                         found[target] = _from_row(*row)
                 found = {t: r for t, r in found.items() if r is not None}
         for target, key in keys.items():

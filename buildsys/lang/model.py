@@ -5,7 +5,6 @@ import re
 from dataclasses import dataclass, field
 
 
-
 @dataclass(frozen=True)
 class Location:
     """Where in a Batchfile (or an included file) something was written."""

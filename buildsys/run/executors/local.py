@@ -45,7 +45,7 @@ class LocalExecutor:
             try:
                 script = _script_file(job.recipe)
             except OSError as err:
-                return Outcome(127, time.time(), 0.0, output=f"bb: cannot write its recipe (too long for one argument) to a temporary file: {err}\n".encode())
+                return Outcome(127, time.time(), 0.0, output=f"bb: cannot write its recipe (too long for one argument) to a temporary file: {err}. Free space there, or point TMPDIR at another folder.\n".encode())
         try:
             return self._run(job, script)
         finally:
