@@ -579,3 +579,80 @@ def test_a_touched_source_with_its_bytes_unchanged_is_a_no_op(project):
     os.chmod(project.root / "in/3.txt", 0o755)  # the same bytes, but keys cover the executable bit
     assert statuses(project.build(env=SEED), "built") == {"out/t3.txt"}
     assert runs(project) == ["t3"]
+
+
+JOIN = """
+    @for i in 1..20
+    out/t$(i).txt: in/$(i).txt
+        echo t$(i) >> runs.log
+        cat $< > $@
+
+    parts: out/t*.txt
+
+    gen/: src.txt
+        echo gen >> runs.log
+        mkdir -p gen && cat src.txt > gen/a.txt && echo b > gen/b.txt
+
+    @default
+    out/join.txt: parts gen/a.txt src.txt
+        echo join >> runs.log
+        cat out/t*.txt gen/a.txt src.txt > $@
+"""
+
+
+def test_a_join_of_many_is_keyed_from_its_verified_earlier_action(project, tmp_path):
+    """A target reading many current targets (a join of a fan-out) takes
+    their outputs' digests from its earlier action, checked against the key
+    the stamp recorded: it gets the key a full plan computes, and a stored
+    action that is missing or does not hash to its key is never used."""
+    import sqlite3
+
+    project.batchfile(JOIN)
+    project.write("src.txt", "src\n")
+    for i in range(1, 21):
+        project.write(f"in/{i}.txt", f"leaf {i}\n")
+    settle(project)
+
+    def full_plan_runs_nothing():
+        shutil.rmtree(project.root / ".bb" / "noop")
+        assert statuses(project.build(), "built") == set()
+        assert runs(project) == []
+
+    def check(edit: str, expected: list[str], folder: str):
+        project.write(edit, f"{edit} at {time.time()}\n")
+        project.build()
+        assert runs(project) == expected
+        assert outputs(project.root) == full_build_elsewhere(project, tmp_path / folder)
+        full_plan_runs_nothing()
+        settle(project)
+
+    check("in/7.txt", ["join", "t7"], "leaf")
+    check("src.txt", ["gen", "join"], "source")  # a folder output in the cone, beside the carried ones
+
+    def sql(statement: str, *args):
+        conn = sqlite3.connect(project.root / ".bb" / "store.db", isolation_level=None)
+        try:
+            return conn.execute(statement, args).fetchall()
+        finally:
+            conn.close()
+
+    def join_key() -> str:
+        conn = sqlite3.connect(project.root / ".bb" / "index.db")
+        try:
+            return conn.execute("select key from last where target = 'out/join.txt'").fetchone()[0]
+        finally:
+            conn.close()
+
+    # The join's stored action names another digest for t3 (its key is kept)
+    key = join_key()
+    [(data,)] = sql("select data from results where key = ?", key)
+    result = json.loads(data)
+    inputs = {path: digest for path, digest, _ in result["action"]["inputs"]}
+    for entry in result["action"]["inputs"]:
+        if entry[0] == "out/t3.txt":
+            entry[1] = inputs["out/t4.txt"]
+    sql("update results set data = ? where key = ?", json.dumps(result).encode(), key)
+    check("in/9.txt", ["join", "t9"], "forged")
+    # ...or is not in the store at all
+    sql("delete from results where key = ?", join_key())
+    check("in/11.txt", ["join", "t11"], "missing")

@@ -28,11 +28,7 @@ class Action:
     variables: tuple[tuple[str, str], ...] = ()  # explanation only, not in the key
 
     def canonical(self) -> bytes:
-        # A JSON list in a fixed field order. The target's name is not part of
-        # the key: two rules doing the same work on the same inputs into the
-        # same paths share a result.
-        body = [self.schema, self.recipe, self.inputs, self.outputs, self.params, self.env, self.environment]
-        return compact_json(body).encode()
+        return _canonical(self.schema, self.recipe, self.inputs, self.outputs, self.params, self.env, self.environment)
 
     def key(self) -> str:
         # Asked several times per target (plan, run, record): computed once.
@@ -72,6 +68,27 @@ class Action:
             schema=data.get("schema", ""),
             variables=tuple(tuple(x) for x in data.get("variables", ())),
         )
+
+
+def _canonical(schema, recipe, inputs, outputs, params, env, environment) -> bytes:
+    # A JSON list in a fixed field order. The target's name is not part of
+    # the key: two rules doing the same work on the same inputs into the
+    # same paths share a result.
+    return compact_json([schema, recipe, inputs, outputs, params, env, environment]).encode()
+
+
+def verified_inputs(data, key: str) -> dict[str, tuple[str, bool, bool]] | None:
+    """The inputs of an action as stored (its to_json), path (no trailing
+    slash) -> (digest, executable, folder), if the action is the one `key`
+    names (its canonical encoding hashes to it); else None. Read straight
+    from the JSON: a join's action has thousands of inputs."""
+    try:
+        body = _canonical(*(data[f] for f in ("schema", "recipe", "inputs", "outputs", "params", "env", "environment")))
+        if hash_bytes(body) != key:
+            return None
+        return {path.rstrip("/"): (digest, executable, path.endswith("/")) for path, digest, executable in data["inputs"]}
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
 
 
 def diff(old: Action, new: Action) -> list[str]:

@@ -48,15 +48,22 @@ def cone(graph, order: list[str], root: str, files: list[str], outputs: list[str
     return found if seeds <= found else None
 
 
+# A target in the cone reading at least this many current targets (a join)
+# takes their outputs' digests from its own earlier action, one store read,
+# rather than reading each one's result from the index.
+CARRY_FROM = 16
+
+
 def seed(sched, order: list[str], changed: set[str], keys: dict) -> bool:
     """Report every target of `order` outside `changed` as cached, as the
     scheduler reports its own cache hits, with its outputs present (the
-    stamp proved them unchanged), and give the planner the results that the
-    targets in `changed` read (the others' are needed by nothing). False,
-    and nothing given, if any of them is not exactly what the stamp says."""
+    stamp proved them unchanged), and give the planner what the targets in
+    `changed` read of them: their results, or for a target reading many,
+    the entries of its earlier action (the others' are needed by nothing).
+    False, and nothing given, if any of them is not exactly what the stamp
+    says."""
     planner, reports = sched.planner, sched.reports
     graph, workspace = planner.graph, planner.workspace
-    read = set(graph.behind_aliases({d for name in changed for d in graph.deps[name]})) - changed
     targets, wanted = graph.targets, {}
     for name in order:
         if name in changed:
@@ -72,6 +79,12 @@ def seed(sched, order: list[str], changed: set[str], keys: dict) -> bool:
     if not wanted.items() <= workspace.last.items():
         return False
     found = dict.fromkeys(wanted)
+    carried: dict = {}
+    read: set = set()
+    for name in changed:
+        deps = set(graph.behind_aliases(graph.deps[name])) - changed
+        if len(deps) < CARRY_FROM or not _carry(planner, targets[name], keys.get(name), found, carried):
+            read |= deps
     results = workspace.last_results({name: keys[name] for name in read if name in found})
     for name in read & found.keys():
         result = results.get(name)
@@ -82,5 +95,33 @@ def seed(sched, order: list[str], changed: set[str], keys: dict) -> bool:
         if result is not None:
             planner.results[name] = result
         reports[name] = TargetReport(name, CACHED, keys[name])
+    planner.carried.update(carried)
     sched.present.update(found)
+    return True
+
+
+def _carry(planner, target, key, current: dict, carried: dict) -> bool:
+    """Put in `carried` the entries, from the target's earlier action (the
+    one the stamp's key names, verified against it), of its inputs made by
+    `current` targets; False, and nothing put, if there is no such action
+    or it lacks one of them. Those targets' outputs are as the stamp signed
+    them, so as that action read them."""
+    from buildsys.keys.action import verified_inputs
+    from buildsys.store.api import CorruptEntry
+
+    try:
+        earlier = planner.store.get_result(key) if key else None
+    except CorruptEntry:
+        return False
+    entries = verified_inputs(earlier.action, key) if earlier is not None else None
+    if entries is None:
+        return False
+    graph, found = planner.graph, {}
+    for path in planner.declared_paths(target):
+        if graph.producer_of(path.rstrip("/")) in current:
+            entry = entries.get(path.rstrip("/"))
+            if entry is None:
+                return False
+            found[path] = entry
+    carried.update(found)
     return True

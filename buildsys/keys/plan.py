@@ -102,6 +102,11 @@ class Planner:
 
     def __post_init__(self):
         self.results: dict[str, ActionResult] = {}  # target -> the result its outputs came from
+        # Incremental builds: outputs of targets known current (reported
+        # cached and never run again in this build) whose results were not
+        # read, path as an input names it -> its entry, as the verified
+        # earlier action of a target that reads it holds it.
+        self.carried: dict[str, tuple[str, bool, bool]] = {}
         self.warnings: list[str] = []
         self._manifests: dict[str, dict] = {}
         self._sources: dict[str, tuple[str, bool, bool]] = {}  # source input -> (digest, executable, folder), this run
@@ -121,6 +126,9 @@ class Planner:
     def input_entry(self, path: str) -> tuple[str, bool, bool]:
         """An input's digest (a tree manifest's for a folder), its executable
         bit, and whether it is a folder."""
+        known = self.carried.get(path)
+        if known is not None:
+            return known
         maker = self.graph.producer_of(path.rstrip("/"))
         if maker is not None and not self.graph.targets[maker].phony:
             result = self.results.get(maker)
@@ -287,19 +295,24 @@ class Planner:
 
     # -- actions ------------------------------------------------------------------
 
-    def action(self, target: Target) -> Action:
-        """The target's action; raises Unknown while an upstream result is missing."""
+    def declared_paths(self, target: Target) -> list[str]:
+        """The paths the target's inputs name, an alias standing for its
+        targets' outputs (they enter the key)."""
         paths = []
         for path in target.inputs:
             other = self.graph.targets.get(path)
             if other is None or not other.phony:
                 paths.append(path)
             elif other.recipe is None:
-                # an alias stands for its targets' outputs: they enter the key
                 for name in self.graph.behind_aliases([path]):
                     t = self.graph.targets[name]
                     if not t.phony:
                         paths.extend(t.outputs)
+        return paths
+
+    def action(self, target: Target) -> Action:
+        """The target's action; raises Unknown while an upstream result is missing."""
+        paths = self.declared_paths(target)
         paths.extend(self.code_inputs(target))
         # Sorted: the order of the header is not a result's cause (where the
         # recipe depends on it, through $< or $^, the recipe text says so).
