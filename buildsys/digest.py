@@ -137,11 +137,17 @@ class StatCache:
         # that no key covers).
         self.seen: dict[str, tuple[list, str, bool]] = {}
         if path:
+            # marshal, not JSON: a build reads and writes it whole, and for
+            # 20,000 files JSON cost 50 ms of an incremental build, marshal
+            # 12. bb's own file in .bb/, as the no-op stamp; each entry is
+            # still checked where it is used.
+            import marshal
+
             try:
-                with open(path) as f:
-                    entries = json.load(f)
+                with open(path, "rb") as f:
+                    entries = marshal.loads(f.read())
                 self.entries = entries if type(entries) is dict else {}
-            except (OSError, ValueError):
+            except (OSError, ValueError, EOFError, TypeError):
                 self.entries = {}
 
     def file(self, path: str, st: os.stat_result | None = None) -> FileDigest:
@@ -193,10 +199,12 @@ class StatCache:
     def save(self) -> None:
         if not (self.dirty and self.path):
             return
+        import marshal
+
         from buildsys.files import write_atomic
 
         try:
-            write_atomic(self.path, compact_json(self.entries).encode())
+            write_atomic(self.path, marshal.dumps(self.entries, 4))
             self.dirty = False
         except OSError:  # a cache: on a full disk, the next run hashes again
             pass

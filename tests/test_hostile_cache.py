@@ -2,7 +2,7 @@
 
 Every digest and key that bb reads from a store (local or S3), a result
 bundle, a tree manifest or a state file (.bb/index.db,
-.bb/stat-cache.json) must be exactly 64 lowercase hex characters before it
+.bb/stat-cache) must be exactly 64 lowercase hex characters before it
 becomes a path. Anything else is a corrupt entry: a cache miss, a
 `bb: warning: ...` on stderr, the target is rebuilt (its recipe runs, its
 outputs come out right) and bb exits 0. Never an internal error (exit 3),
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import json
+import marshal
 import os
 import shutil
 import sqlite3
@@ -419,25 +420,26 @@ def test_local_hostile_index(local, kind):
         canaries.check(proc)
         assert_no_crash(proc, "bb " + " ".join(args))
 
-STAT_CACHE = ["not-json", "null", "list", "strings", "short-entries", "digest-traversal", "digest-int"]
+STAT_CACHE = ["not-marshal", "truncated", "null", "list", "strings", "short-entries", "digest-traversal", "digest-int"]
 
 
 @pytest.mark.parametrize("kind", STAT_CACHE)
 def test_local_hostile_stat_cache(local, kind):
     p, canaries, tools = local
-    state = p.root / ".bb" / "stat-cache.json"
+    state = p.root / ".bb" / "stat-cache"
     source = str(p.root / "data" / "in.txt")
     st = os.stat(source)
     sig = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
     forged = {
-        "not-json": b"\x00garbage{",
-        "null": b"null",
-        "list": json.dumps([[source] + sig + [_hash(b"hello\n")]]).encode(),
-        "strings": json.dumps({source: "garbage", str(p.root / "out/a.txt"): "x"}).encode(),
-        "short-entries": json.dumps({source: [1, 2], str(p.root / "out/a.txt"): [None]}).encode(),
+        "not-marshal": b"\x00garbage{",
+        "truncated": marshal.dumps({source: sig + [_hash(b"hello\n")]})[:-9],
+        "null": marshal.dumps(None),
+        "list": marshal.dumps([[source] + sig + [_hash(b"hello\n")]]),
+        "strings": marshal.dumps({source: "garbage", str(p.root / "out/a.txt"): "x"}),
+        "short-entries": marshal.dumps({source: [1, 2], str(p.root / "out/a.txt"): [None]}),
         # the file's real stat, so the entry would be trusted: its digest must be checked
-        "digest-traversal": json.dumps({source: sig + [tools.up(canaries.file)]}).encode(),
-        "digest-int": json.dumps({source: sig + [12345]}).encode(),
+        "digest-traversal": marshal.dumps({source: sig + [tools.up(canaries.file)]}),
+        "digest-int": marshal.dumps({source: sig + [12345]}),
     }[kind]
     state.write_bytes(forged)
     shutil.rmtree(p.root / ".bb" / "noop", ignore_errors=True)
