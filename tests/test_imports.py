@@ -213,6 +213,11 @@ def test_scripts_in_recipe(proj):
     assert scripts_in_recipe("echo 'a quoted\npython src/train.py' > notes.txt", root) == []  # inside a quote: not a command
     assert scripts_in_recipe("echo 'never closed\npython src/train.py", root) == ["src/train.py"]  # in doubt, an input more
     assert scripts_in_recipe("cat data.csv | sort | uniq > out.txt", root) == []
+    # one plain command: its command word, never its arguments, may be a script
+    assert scripts_in_recipe("cat tools/noext src/x > out/b.txt", root) == []
+    assert scripts_in_recipe("tools/noext in/a.txt > out/b.txt", root) == ["tools/noext"]
+    assert scripts_in_recipe("env tools/noext in/a.txt", root) == ["tools/noext"]
+    assert scripts_in_recipe("  wc -l < tools/noext > out/n.txt\n", root) == []
 
 
 def test_pythonpath_in_a_recipe_widens_the_search(proj):

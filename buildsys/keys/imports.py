@@ -721,6 +721,10 @@ _ASSIGN = re.compile(r"[A-Za-z_]\w*=")
 _OPERATOR_CHARS = frozenset(";|&()<>")
 _REDIRECTIONS = frozenset(("<", ">", ">>", "<>", ">|", "&>", ">&", "<&", "&>>"))
 _SIMPLE_TOKENS = re.compile(r"[^\s;&|()<>]+|[;&|()<>]+")
+# One line of plain words (no quote, $, operator, glob...), its command word
+# no path, no assignment, no redirection and no shell: it runs no project
+# file, whatever its arguments name (a wrapper, `env ./x`, is checked apart).
+_RUNS_NO_PYTHON = re.compile(r"[ \t\n]*(?!(?:sh|bash|dash|zsh)[ \t])[-A-Za-z0-9_.,:+@%]+(?:[ \t]+[-A-Za-z0-9_./,:+=@%<>]+)*[ \t\n]*")
 _SHEBANG = re.compile(rb"#![^\n]*\b(?:python[\d.]*|pypy[\d.]*|uv run)\b")
 MAX_NESTED = 64  # `sh -c '...'` strings scanned in one recipe
 MAX_QUOTED_LINES = 500  # lines one quoted word may span
@@ -1011,6 +1015,10 @@ class _Scanner:
                 cwd = self.command(words, cwd, stdin)
 
 
+def _first_word(recipe: str) -> str:
+    return recipe.split(None, 1)[0] if recipe.strip() else ""
+
+
 def scan_recipe(recipe: str, root: str, cache: ImportCache | None = None) -> RecipeScan:
     """The Python files a shell recipe runs (see scripts_in_recipe) and the
     project folders it puts on PYTHONPATH."""
@@ -1020,7 +1028,9 @@ def scan_recipe(recipe: str, root: str, cache: ImportCache | None = None) -> Rec
     if hit is not None:
         return hit
     scanner = _Scanner(cache)
-    if "py" in recipe or "/" in recipe or "sh" in recipe:  # else it cannot run a project's Python file
+    if _RUNS_NO_PYTHON.fullmatch(recipe) and "py" not in recipe and _first_word(recipe) not in _WRAPPERS:
+        pass  # one plain command whose command word is no path: a fan-out's thousands of recipes
+    elif "py" in recipe or "/" in recipe or "sh" in recipe:  # else it cannot run a project's Python file
         scanner.scan(recipe)
         n = 0
         while n < len(scanner.nested):  # `sh -c '...'` strings, iteratively
