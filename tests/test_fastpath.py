@@ -54,8 +54,16 @@ def test_output_path_works_from_a_symlinked_root(tmp_path):
 # ---- spawning recipes --------------------------------------------------------------------
 
 
-@pytest.fixture
-def executor(tmp_path):
+@pytest.fixture(params=["libc", "os"])
+def executor(tmp_path, request, monkeypatch):
+    """Recipes start through libc's posix_spawn (the GIL released), or
+    through os.posix_spawn where libc has none: the same guarantees."""
+    from buildsys.run.executors import spawn
+
+    if request.param == "os":
+        monkeypatch.setattr(spawn, "_LIBC", None)
+    else:
+        assert spawn._LIBC is not None, "libc's posix_spawn was not found: recipes hold the GIL as they start"
     ex = LocalExecutor(str(tmp_path / ".bb" / "running"))
     yield ex
     ex.close()

@@ -18,6 +18,7 @@ import threading
 import time
 
 from buildsys.run.executors import Job, Outcome
+from buildsys.run.executors.spawn import spawn
 from buildsys.run.supervisor import MARK, Supervisor
 
 GRACE_SECONDS = 5.0
@@ -162,11 +163,10 @@ def _spawn(job: Job, env: dict, script: str | None = None) -> tuple[int, int]:
 def _posix_spawn(path: str, argv: list[str], env: dict, redirections, search: bool) -> tuple[int, int]:
     read, write = os.pipe()  # both ends close-on-exec; dup2 clears it on 1 and 2
     try:
-        spawn = os.posix_spawnp if search else os.posix_spawn
         pid = spawn(
             path, argv, env,
-            file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0), (os.POSIX_SPAWN_DUP2, write, 1), (os.POSIX_SPAWN_DUP2, write, 2), *redirections],
-            setsid=True, setsigdef=_DEFAULT_SIGNALS,
+            [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0), (os.POSIX_SPAWN_DUP2, write, 1), (os.POSIX_SPAWN_DUP2, write, 2), *redirections],
+            _DEFAULT_SIGNALS, search,
         )
     except BaseException:
         os.close(read)
