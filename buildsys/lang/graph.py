@@ -176,13 +176,18 @@ class Graph:
         target = self.targets.get(name)
         return target is not None and target.phony and target.recipe is None
 
+    @property
+    def aliases(self) -> set[str]:
+        """The targets that are aliases (remembered: the graph never changes once built)."""
+        found = self.__dict__.get("_aliases")
+        if found is None:
+            found = self.__dict__["_aliases"] = {n for n, t in self.targets.items() if t.phony and t.recipe is None}
+        return found
+
     def behind_aliases(self, names) -> list[str]:
         """The targets `names` stand for, looking through aliases."""
         names = list(names)
-        aliases = self.__dict__.get("_aliases")
-        if aliases is None:
-            aliases = self.__dict__["_aliases"] = {n for n, t in self.targets.items() if t.phony and t.recipe is None}
-        if aliases.isdisjoint(names):
+        if self.aliases.isdisjoint(names):
             return list(dict.fromkeys(names))  # the common case, thousands of names at once
         out, stack, seen = [], names, set()
         while stack:

@@ -149,8 +149,8 @@ class Scheduler:
         runnable: list = []  # (-depth, sequence, target, action)
         sequence = itertools.count()  # ties: in the order they became ready
         depth: dict[str, int] = {}
-        for name in order if len(todo) > 1 else ():  # with one target, no order to choose
-            depth[name] = 1 + max((depth[d] for d in deps[name]), default=0)
+        for name in todo if len(todo) > 1 else ():  # with one target, no order to choose
+            depth[name] = 1 + max((depth.get(d, 0) for d in deps[name]), default=0)  # (what is done counts 0)
         free = self.jobs
         stopping = False
         self.ui.begin(len(todo))
