@@ -6,6 +6,7 @@ from __future__ import annotations
 import fnmatch
 import itertools
 import math
+import operator
 import os
 import re
 from dataclasses import dataclass, field
@@ -110,38 +111,38 @@ class Attrs:
     function: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class Target:
-    name: str
-    outputs: tuple[str, ...]  # workspace-relative; directories end with "/"
-    inputs: tuple[str, ...]  # files, directories, or other targets' outputs / phony names
-    recipe: str | None
-    params: tuple[tuple[str, str], ...]
-    attrs: Attrs
-    phony: bool
-    location: Location
+class Target(tuple):
+    """A rule expanded: one target of the graph. Immutable, with named
+    fields. A tuple, not a dataclass: the graph cache loads ten thousand of
+    them in C (tuple.__new__ as the pickle's constructor), with no Python
+    call each, which was most of an incremental build's graph load."""
+
+    __slots__ = ()
+
+    def __new__(cls, name: str, outputs: tuple[str, ...], inputs: tuple[str, ...], recipe: str | None, params: tuple[tuple[str, str], ...],
+                attrs: Attrs, phony: bool, location: Location, variables: tuple[tuple[str, str], ...] = ()):
+        return tuple.__new__(cls, (name, outputs, inputs, recipe, params, attrs, phony, variables, location.file, location.line, location.column))
+
+    name: str = property(operator.itemgetter(0))
+    outputs: tuple[str, ...] = property(operator.itemgetter(1))  # workspace-relative; directories end with "/"
+    inputs: tuple[str, ...] = property(operator.itemgetter(2))  # files, directories, or other targets' outputs / phony names
+    recipe: str | None = property(operator.itemgetter(3))
+    params: tuple[tuple[str, str], ...] = property(operator.itemgetter(4))
+    attrs: Attrs = property(operator.itemgetter(5))
+    phony: bool = property(operator.itemgetter(6))
     # The Batchfile variables the rule uses, for `bb why` ("lr: 0.1 -> 0.2").
     # Not part of the key: their effect already is, through the recipe and paths.
-    variables: tuple[tuple[str, str], ...] = ()
+    variables: tuple[tuple[str, str], ...] = property(operator.itemgetter(7))
+
+    @property
+    def location(self) -> Location:
+        return Location(self[8], self[9], self[10])
 
     def __reduce__(self):
-        # For the graph cache: plain tuples load several times faster than
-        # the generic state of two dataclasses per target.
-        where = self.location
-        return _unpickle_target, (self.name, self.outputs, self.inputs, self.recipe, self.params, self.attrs, self.phony, self.variables, where.file, where.line, where.column)
+        return tuple.__new__, (Target, tuple(self))
 
-
-_TARGET_FIELDS = ("name", "outputs", "inputs", "recipe", "params", "attrs", "phony", "variables")
-
-
-def _unpickle_target(*values) -> Target:
-    where = object.__new__(Location)
-    where.__dict__.update(file=values[8], line=values[9], column=values[10])
-    target = object.__new__(Target)
-    fields = target.__dict__  # frozen: filled as dataclasses' own __init__ does, without __setattr__
-    fields.update(zip(_TARGET_FIELDS, values))
-    fields["location"] = where
-    return target
+    def __repr__(self) -> str:
+        return f"Target({self.name!r}, outputs={self.outputs!r}, inputs={self.inputs!r}, recipe={self.recipe!r}, phony={self.phony!r}, at {self.location})"
 
 
 def _maker(producer: dict[str, str], dirs: set[str], path: str) -> str | None:
