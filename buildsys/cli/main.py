@@ -292,7 +292,7 @@ def cmd_build(args) -> int:
                 noop.settle(path, stamp, settled)
                 _learn_digests(stamp["root"], settled)
             done = stamp["report"]
-            entries = [{"target": name, "status": "cached", "key": key, "duration": 0.0} for name, key in done] if args.json else []
+            entries = [{"target": name, "status": "cached", "key": key, "duration": 0.0} for name, key in done.items()] if args.json else []
             _report(args, {"cached": len(done)} if done else {}, lambda: entries, time.time() - t0)
             return 0
     noop.discard(path)
@@ -308,7 +308,7 @@ def cmd_build(args) -> int:
         if getattr(args, "sandbox", False):
             return  # sandboxes take inputs from the store, which the cone's inputs need not be in
         found = incremental.cone(ctx.graph, order, ctx.root, *changed, set(stamp["watch"]))
-        keys = {name: key for name, key in stamp["report"]} if found is not None else {}
+        keys = stamp["report"] if found is not None else {}
         if found is not None and incremental.seed(sched, order, found, keys):
             cone = found
 
