@@ -7,7 +7,6 @@ the blake3 of a canonical JSON encoding. Nothing that cannot change a result
 """
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 
 from buildsys.digest import compact_json, hash_bytes
@@ -114,6 +113,8 @@ def diff(old: Action, new: Action) -> list[str]:
             lines.append(f"input {path}: its executable bit changed")
     if old.recipe != new.recipe:
         lines.append("recipe changed:")
+        import difflib
+
         changed = difflib.unified_diff(old.recipe.splitlines(), new.recipe.splitlines(), lineterm="", n=0)
         lines.extend("    " + d for d in changed if not d.startswith(("---", "+++", "@@")))
     for label, a, b in (("param", old.params, new.params), ("env", old.env, new.env), ("environment", old.environment, new.environment)):

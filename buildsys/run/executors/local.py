@@ -12,8 +12,6 @@ import os
 import re
 import select
 import signal
-import subprocess
-import tempfile
 import threading
 import time
 
@@ -131,6 +129,8 @@ _DEFAULT_SIGNALS = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ"
 
 def _script_file(recipe: str) -> str:
     """A recipe too long for `sh -c`, in a temporary file for `sh -e FILE`."""
+    import tempfile
+
     fd, path = tempfile.mkstemp(prefix="bb-recipe-", suffix=".sh")
     with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as f:
         f.write(recipe)
@@ -153,6 +153,8 @@ def _spawn(job: Job, env: dict, script: str | None = None) -> tuple[int, int]:
             except OSError:
                 pass  # not found, not executable, a file that does not open: the shell runs it and says why
         return _posix_spawn(job.shell, argv, env, (), search="/" not in job.shell)
+    import subprocess  # (not needed by the common case, above)
+
     proc = subprocess.Popen(argv, cwd=job.cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     out = os.dup(proc.stdout.fileno())
     proc.stdout.close()
