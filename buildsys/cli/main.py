@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -164,6 +165,11 @@ def _run(args, *, dry_run: bool, before=None):
     planner.check_declared_env(order)
     if before is not None:
         before(ctx, order, sched)
+    # What was loaded and planned (the graph, the stamp, the results) lives
+    # until bb exits: the collector, off while it was made, never looks at
+    # it again (10,000 targets: one 15 ms pass over it saved).
+    gc.freeze()
+    gc.enable()
     try:
         reports = sched.build(roots)
         if not dry_run:
@@ -273,6 +279,7 @@ def cmd_build(args) -> int:
     from buildsys.cli import noop
 
     t0 = time.time()
+    gc.disable()  # until the build starts (_run): planning allocates, and frees almost nothing
     _lock(args)
     path = _stamp(args)
     stamp = changed = None
@@ -709,8 +716,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    import gc
-
     # Planning allocates many small objects and few cycles: collect rarely.
     gc.set_threshold(100_000, 50, 100)
     parser = build_parser()
@@ -757,4 +762,21 @@ def _handle_stop_signals() -> None:
 
 
 def entry() -> None:
-    sys.exit(main())
+    code = main()
+    # Everything bb keeps is on disk by now (files written whole and closed,
+    # SQLite transactions committed): leave without the interpreter freeing
+    # the build's objects one by one, ~15 ms after 10,000 targets. Only when
+    # no thread of bb's is still at work; exit handlers still run.
+    import threading  # (imported already wherever a thread was started)
+
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        sys.exit(code)
+    import atexit
+
+    atexit._run_exitfuncs()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass  # its reader went away (bb ... | head): nothing more to tell it
+    os._exit(code)
