@@ -106,13 +106,15 @@ class Supervisor:
         )
 
     def close(self) -> None:
-        """All recipes have ended: the supervisor may go, the journal too."""
+        """All recipes have ended: the supervisor may go, the journal too.
+        It is not waited for (a few ms of its exit at the end of every
+        build): told "done", it stops nothing, and what is left of it is
+        reaped when bb exits."""
         try:
             self._proc.stdin.write(b"done\n")
             self._proc.stdin.close()
         except OSError:
             pass
-        self._proc.wait()
         try:
             os.unlink(self.journal)
         except OSError:
