@@ -657,32 +657,3 @@ def test_a_join_of_many_is_keyed_from_its_verified_earlier_action(project, tmp_p
     sql("delete from results where key = ?", join_key())
     check("in/11.txt", ["join", "t11"], "missing")
 
-
-def test_a_large_stamp_is_checked_on_two_threads_with_the_same_answers(project):
-    """Past 2,000 files and 2,000 outputs, the check of the stamp looks at
-    the two groups on two threads: an edited input, an edited output and a
-    deleted one are each found as with one."""
-    n = 2100
-    project.batchfile(f"""
-        @for i in 1..{n}
-        out/t$(i).txt: in/$(i).txt
-            cat $< > $@
-
-        @default
-        out/all.txt: out/t*.txt
-            cat out/t*.txt > $@
-    """)
-    for i in range(1, n + 1):
-        project.write(f"in/{i}.txt", f"leaf {i}\n")
-    settle(project)
-    project.write("in/1234.txt", "leaf 1234, edited\n")
-    assert statuses(project.build(), "built") == {"out/t1234.txt", "out/all.txt"}
-    expected = outputs(project.root)
-    settle(project)
-    project.write("out/t77.txt", "scribbled by hand\n")
-    (project.root / "out/t2000.txt").unlink()
-    assert statuses(project.build(), "built") == set()
-    assert outputs(project.root) == expected
-    assert "leaf 1234, edited\n" in project.read("out/all.txt")
-    time.sleep(0.06)
-    assert statuses(project.build(), "built") == set()
