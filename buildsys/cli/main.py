@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -80,11 +81,13 @@ def load_context(args, wanted=(), shared=True) -> Context:
     if cached is not None:
         graph, sources, folders = cached
     else:
-        from buildsys.lang.graph import build_graph
+        from buildsys.lang.graph import build_graph, select
         from buildsys.lang.parse import load
 
         model = load(path, state)
         graph = build_graph(model, overrides, root, wanted=wanted)
+        with contextlib.suppress(BBError):  # (a bad name is the command's to report)
+            graph.closure(select(graph, wanted))  # cached with the graph: every build of these targets needs it
         # What the graph was made from, as it was read: it validates the
         # graph cache, and the no-op stamp takes these signatures as seen.
         sources = {p: graph_cache.signature(p) for p in map(os.path.abspath, model.sources)}

@@ -28,8 +28,13 @@ def cone(graph, order: list[str], root: str, files: list[str], outputs: list[str
             wanted.setdefault(p, []).append(changed)
             p, rel = os.path.dirname(p), os.path.dirname(rel)
     seeds, explained = set(), set()
+    named = set(wanted) | {p + "/" for p in wanted}  # as inputs name them, a folder perhaps with its slash
+    targets = graph.targets
     for name in order:
-        for inp in graph.targets[name].inputs:
+        inputs = targets[name].inputs
+        if named.isdisjoint(inputs):  # (in C: most targets read no changed file)
+            continue
+        for inp in inputs:
             hit = wanted.get(inp.rstrip("/"))
             if hit is not None:
                 seeds.add(name)
@@ -42,8 +47,9 @@ def cone(graph, order: list[str], root: str, files: list[str], outputs: list[str
             return None
         seeds.add(maker)
     found = set()
+    deps = graph.deps
     for name in order:
-        if name in seeds or any(d in found for d in graph.deps[name]):
+        if name in seeds or not found.isdisjoint(deps[name]):
             found.add(name)
     return found if seeds <= found else None
 

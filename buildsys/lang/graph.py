@@ -214,8 +214,7 @@ class Graph:
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state.pop("_closures", None)  # not part of a cached graph
-        state.pop("_aliases", None)
+        state.pop("_aliases", None)  # (remade when asked for; the closures computed so far are kept)
         return state
 
 
