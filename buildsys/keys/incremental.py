@@ -70,16 +70,10 @@ def seed(sched, order: list[str], changed: set[str], keys: dict) -> bool:
     says."""
     planner, reports = sched.planner, sched.reports
     graph, workspace = planner.graph, planner.workspace
-    targets, wanted = graph.targets, {}
-    for name in order:
-        if name in changed:
-            continue
-        target = targets[name]
-        if target.phony:
-            if target.recipe is None:
-                continue  # an alias has no key: the scheduler answers it from its targets
-            return False
-        wanted[name] = keys.get(name)
+    targets, aliases = graph.targets, graph.aliases  # an alias has no key: the scheduler answers it from its targets
+    wanted = {name: keys.get(name) for name in order if name not in changed and name not in aliases}
+    if any(targets[name].phony for name in graph.phony - aliases if name in wanted):
+        return False  # a phony recipe always runs
     # What each target was last built as, by any build of this workspace
     # (compared as dict views: one pass in C over thousands of targets).
     if not wanted.items() <= workspace.last.items():
@@ -97,10 +91,8 @@ def seed(sched, order: list[str], changed: set[str], keys: dict) -> bool:
         if result is None or not planner.declares(graph.targets[name], result):
             return False  # (its blobs need not be in the store: its outputs are in place)
         found[name] = result
-    for name, result in found.items():
-        if result is not None:
-            planner.results[name] = result
-        reports[name] = TargetReport(name, CACHED, keys[name])
+    planner.results.update((name, result) for name, result in found.items() if result is not None)
+    reports.update({name: TargetReport(name, CACHED, keys[name]) for name in found})
     planner.carried.update(carried)
     sched.present.update(found)
     return True
@@ -123,9 +115,11 @@ def _carry(planner, target, key, current: dict, carried: dict) -> bool:
     if entries is None:
         return False
     graph, found = planner.graph, {}
+    producer, producer_of = graph.producer, graph.producer_of
     for path in planner.declared_paths(target):
-        if graph.producer_of(path.rstrip("/")) in current:
-            entry = entries.get(path.rstrip("/"))
+        bare = path.rstrip("/")
+        if (producer.get(bare) or producer_of(bare)) in current:
+            entry = entries.get(bare)
             if entry is None:
                 return False
             found[path] = entry

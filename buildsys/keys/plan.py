@@ -117,6 +117,7 @@ class Planner:
         self._imports = None  # keys.imports.ImportCache, made when first needed
         self._notebooks: set[str] | None = None
         self._recipe_env: dict[int, dict] = {}  # job slots -> what every recipe sees
+        self._declared: dict[str, list[str]] = {}  # target -> declared_paths, where long
 
     # -- digests ----------------------------------------------------------------
 
@@ -297,7 +298,11 @@ class Planner:
 
     def declared_paths(self, target: Target) -> list[str]:
         """The paths the target's inputs name, an alias standing for its
-        targets' outputs (they enter the key)."""
+        targets' outputs (they enter the key). Not to be changed: a join's
+        thousands are remembered (an incremental build asks twice)."""
+        paths = self._declared.get(target.name)
+        if paths is not None:
+            return paths
         paths = []
         for path in target.inputs:
             other = self.graph.targets.get(path)
@@ -308,12 +313,13 @@ class Planner:
                     t = self.graph.targets[name]
                     if not t.phony:
                         paths.extend(t.outputs)
+        if len(paths) >= 64:
+            self._declared[target.name] = paths
         return paths
 
     def action(self, target: Target) -> Action:
         """The target's action; raises Unknown while an upstream result is missing."""
-        paths = self.declared_paths(target)
-        paths.extend(self.code_inputs(target))
+        paths = self.declared_paths(target) + self.code_inputs(target)
         # Sorted: the order of the header is not a result's cause (where the
         # recipe depends on it, through $< or $^, the recipe text says so).
         inputs = tuple(_input(path, *self.input_entry(path)) for path in sorted(set(paths)))

@@ -185,6 +185,14 @@ class Graph:
             found = self.__dict__["_aliases"] = {n for n, t in self.targets.items() if t.phony and t.recipe is None}
         return found
 
+    @property
+    def phony(self) -> set[str]:
+        """The phony targets, aliases among them (remembered)."""
+        found = self.__dict__.get("_phony")
+        if found is None:
+            found = self.__dict__["_phony"] = {n for n, t in self.targets.items() if t.phony}
+        return found
+
     def behind_aliases(self, names) -> list[str]:
         """The targets `names` stand for, looking through aliases."""
         names = list(names)
@@ -215,6 +223,7 @@ class Graph:
     def __getstate__(self):
         state = dict(self.__dict__)
         state.pop("_aliases", None)  # (remade when asked for; the closures computed so far are kept)
+        state.pop("_phony", None)
         return state
 
 
