@@ -10,6 +10,7 @@ import os
 import pickle
 import re
 import stat
+import sys
 import textwrap
 from pathlib import Path
 
@@ -73,8 +74,18 @@ _parser = None
 def _lark():
     global _parser
     if _parser is None:
-        from lark import Lark
-
+        # Lark imports the third-party `regex` module wherever one is
+        # installed (~10 ms of every parse's start) and needs it only for
+        # Unicode categories in a grammar, which this one has none of: it is
+        # kept out of Lark's sight, and importable again afterwards.
+        hidden = "regex" not in sys.modules
+        if hidden:
+            sys.modules["regex"] = None
+        try:
+            from lark import Lark
+        finally:
+            if hidden:
+                del sys.modules["regex"]
         _parser = Lark(GRAMMAR.read_text(), parser="lalr", lexer="contextual", cache=True)
     return _parser
 
@@ -326,13 +337,14 @@ def check_text(text: str, path: str) -> None:
 def parse_text(text: str, path: str) -> list:
     """Parse one file into its statements, in order; includes are left as
     ("include", name, location) markers."""
+    parser = _lark()  # (first: it imports Lark as it should be)
     from lark.exceptions import UnexpectedInput
 
     check_text(text, path)
     if not text.endswith("\n"):
         text += "\n"
     try:
-        tree = _lark().parse(text)
+        tree = parser.parse(text)
     except UnexpectedInput as err:
         raise _syntax_error(err, path, text) from None
     return list(_ToModel(path, text.split("\n")).statements(tree))
