@@ -75,6 +75,39 @@ def test_cpus_attribute_takes_job_slots(project):
     assert big[1] <= small[0] or small[1] <= big[0]
 
 
+def test_j2_never_holds_more_than_two_slots_when_recipes_hand_their_slot_on(project):
+    # Workers start the next recipe in line in the slot a recipe frees,
+    # without a round trip through the main loop: at no moment do the
+    # recipes running hold more than -j slots (a @cpus 2 one holds two).
+    project.batchfile("""
+        @for n in 1..16
+        t$(n).txt:
+            date +%s.%N > t$(n).start
+            sleep 0.03
+            date +%s.%N > t$(n).end
+            echo > $@
+
+        @cpus 2
+        big.txt:
+            date +%s.%N > big.start
+            sleep 0.1
+            date +%s.%N > big.end
+            echo > $@
+
+        @default
+        all: t*.txt big.txt
+    """)
+    assert set(project.build("-j2").values()) == {"built"}
+    spans = [(float(project.read(f"t{n}.start")), float(project.read(f"t{n}.end")), 1) for n in range(1, 17)]
+    spans.append((float(project.read("big.start")), float(project.read("big.end")), 2))
+    events = sorted([(s, w) for s, _, w in spans] + [(e, -w) for _, e, w in spans], key=lambda e: (e[0], e[1]))
+    held = peak = 0
+    for _, w in events:
+        held += w
+        peak = max(peak, held)
+    assert peak == 2, f"{peak} slots held at once with -j2"
+
+
 FAILING = """
     bad.txt:
         echo starting

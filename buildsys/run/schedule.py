@@ -38,37 +38,58 @@ def _undeclared_hint(output: bytes, action: Action, root: str) -> str:
     return "; it ran with only its declared inputs: if it reads a file it does not declare, add that file to its inputs"
 
 
+class _Handover:
+    """A worker's report of a recipe that ended, and the name of the next one
+    it started at once in the slot that recipe held (Scheduler._take_handover)."""
+
+    __slots__ = ("report", "next")
+
+    def __init__(self, report, next: str):
+        self.report, self.next = report, next
+
+
 class _Workers:
     """Threads that run the scheduler's work and put each result (a report,
     or the exception it raised) on the event queue as (target, result): one
-    queue hop each way per task, no future, callback or condition."""
+    queue hop each way per task, no future, callback or condition. A task
+    submitted with `handover` (a recipe holding one job slot) is followed on
+    the same thread by the task `take_next(its name, its result)` gives, if any: the
+    slot goes from one recipe to the next without a round trip through the
+    main thread."""
 
-    def __init__(self, size: int, events: queue.SimpleQueue):
+    def __init__(self, size: int, events: queue.SimpleQueue, take_next=None):
         self._tasks: queue.SimpleQueue = queue.SimpleQueue()
         self._events = events
+        self._take_next = take_next
         self._lock = threading.Lock()
         self.pending = 0  # handed to a worker and not done yet
         self._threads = [threading.Thread(target=self._loop, name=f"bb-run_{i}") for i in range(size)]
         for thread in self._threads:
             thread.start()
 
-    def submit(self, name: str | None, fn, *args) -> None:
+    def submit(self, name: str | None, fn, *args, handover: bool = False) -> None:
         """Run fn(*args) on a worker; name None: its result is not reported."""
         with self._lock:
             self.pending += 1
-        self._tasks.put((name, fn, args))
+        self._tasks.put((name, fn, args, handover))
 
     def _loop(self) -> None:
         while (task := self._tasks.get()) is not None:
-            name, fn, args = task
-            try:
-                result = fn(*args)
-            except BaseException as err:  # raised again on the main thread
-                result = err
-            if name is not None:
-                self._events.put((name, result))
-            with self._lock:
-                self.pending -= 1
+            while task is not None:
+                name, fn, args, handover = task
+                try:
+                    result = fn(*args)
+                except BaseException as err:  # raised again on the main thread
+                    result = err
+                task = self._take_next(name, result) if handover and self._take_next is not None else None
+                if task is not None:
+                    with self._lock:
+                        self.pending += 1
+                    result = _Handover(result, task[0])
+                if name is not None:
+                    self._events.put((name, result))
+                with self._lock:
+                    self.pending -= 1
 
     def shutdown(self, wait: bool) -> None:
         """Each thread ends after the work already handed to it."""
@@ -101,6 +122,12 @@ class Scheduler:
         self._remote_lock = threading.Lock()
         self._events: queue.SimpleQueue = queue.SimpleQueue()  # (target, report or exception), from any thread
         self._threads: _Workers | None = None
+        # Resolved local recipes of one job slot, next in line: a worker whose
+        # one-slot recipe ended starts the first at once (see _Workers).
+        self._handover: list = []  # entries of _build's `runnable` heap, best first
+        self._handed: set[str] = set()  # taken from it by a worker, not yet seen here as running
+        self._releases = lambda name: False  # does the end of this target make another ready? (set by _build)
+        self._handover_lock = threading.Lock()
         self.remote = remote  # a RemoteExecutor, or None: everything runs here
         self.remote_jobs = remote_jobs  # remote jobs in flight at most
         self._remote_actions: dict[str, list[tuple[Target, Action]]] = {}  # key -> what it stands for
@@ -155,6 +182,10 @@ class Scheduler:
         stopping = False
         self.ui.begin(len(todo))
 
+        # (Read by workers too: a target's end that makes another ready is
+        # not followed by a hand-over, so the deeper work goes first.)
+        self._releases = lambda name: any(waiting.get(d) == 1 for d in dependents.get(name, ()))
+
         def make_ready(name: str):
             heapq.heappush(ready, (-depth.get(name, 0), next(sequence), name))
 
@@ -172,7 +203,7 @@ class Scheduler:
         if shared:
             self.planner.store.load_bundle(self.planner.bundle_name())
         try:
-            while ready or running or (runnable and not stopping):
+            while ready or running or ((runnable or self._handover) and not stopping):
                 if shared and not self.always:
                     self._prefetch([entry[2] for entry in ready])
                 # While nothing runs, resolve only as many targets to run as
@@ -193,7 +224,8 @@ class Scheduler:
                         if dep in self.reports:
                             self._unusable(dep, repair.reason)
                             del self.reports[dep]
-                            started = {entry[2] for entry in runnable} | set(running)
+                            with self._handover_lock:  # (a worker may be starting one)
+                                started = {entry[2] for entry in runnable} | set(running) | {entry[2] for entry in self._handover} | self._handed
                             again = {d for d in dependents.get(dep, ()) if d not in self.reports and d != name and d not in started}
                             for d in again:
                                 waiting[d] += 1
@@ -212,6 +244,11 @@ class Scheduler:
                 # order; remote ones up to the limit of jobs in flight, handed
                 # over together (a fan-out becomes one array job).
                 batch = []
+                if free > 0 and self._handover:
+                    with self._handover_lock:  # back in line: deeper work may have come
+                        for entry in self._handover:
+                            heapq.heappush(runnable, entry)
+                        self._handover.clear()
                 while runnable and not stopping:
                     _, _, name, action = runnable[0]
                     target = self.graph.targets[name]
@@ -230,22 +267,41 @@ class Scheduler:
                     free -= need
                     running[name] = need
                     self.ui.start(name)
-                    self._pool().submit(name, self._execute, target, action)
+                    self._pool().submit(name, self._execute, target, action, handover=need == 1)
                 if batch:
                     self._pool().submit(None, self._submit_remote, batch)
+                # The next one-slot recipes in line, for a worker whose recipe
+                # ends to start at once (while the slots are all taken).
+                if running and not stopping and not free:
+                    with self._handover_lock:
+                        while runnable and len(self._handover) < self.jobs:
+                            _, _, name, action = runnable[0]
+                            target = self.graph.targets[name]
+                            if self._runs_remotely(target) or min(target.attrs.cpus, self.jobs) != 1:
+                                break
+                            self._handover.append(heapq.heappop(runnable))
                 if not running:
-                    if stopping or not (ready or runnable):
+                    if stopping or not (ready or runnable or self._handover):
                         break
                     continue
                 if ready and not stopping:
                     continue  # the rest of what is ready, now that recipes run
                 name, report = self._events.get()
                 free += running.pop(name)
+                if isinstance(report, _Handover):  # the worker started the next one in its slot
+                    free -= 1
+                    running[report.next] = 1
+                    with self._handover_lock:
+                        self._handed.discard(report.next)
+                    self.ui.start(report.next)
+                    report = report.report
                 if isinstance(report, BaseException):
                     raise report
                 self._finish(report)
                 if report.status == FAILED and not self.keep_going:
                     stopping = True
+                    with self._handover_lock:
+                        self._handover.clear()  # not started: reported below as such
                 release(name)
         except KeyboardInterrupt:
             self._stopping.set()
@@ -262,6 +318,9 @@ class Scheduler:
                     if self._threads is None or not self._threads.pending:
                         break
                     continue
+                if isinstance(report, _Handover):
+                    running[report.next] = 1  # started as the stop came: it ends at once
+                    report = report.report
                 if running.pop(name, 0):
                     if isinstance(report, BaseException):
                         raise report
@@ -390,10 +449,27 @@ class Scheduler:
                 except CorruptEntry as err:
                     raise UnusableInput(dep, str(err)) from None
 
+    def _take_handover(self, name: str, ended):
+        """On a worker whose one-slot recipe `name` ended (`ended`: its report,
+        or the exception it raised): the next recipe in line to run in that
+        slot, as a task; None after a failure that stops the build, and when
+        `name` was the last input a target waited for: that target may come
+        first (the main thread decides)."""
+        if self._stopping.is_set() or isinstance(ended, BaseException) or (ended.status == FAILED and not self.keep_going):
+            return None
+        if self._releases(name):
+            return None
+        with self._handover_lock:
+            if not self._handover:
+                return None
+            _, _, name, action = self._handover.pop(0)
+            self._handed.add(name)
+        return name, self._execute, (self.graph.targets[name], action), True
+
     def _pool(self) -> "_Workers":
         """Threads for recipes and transfers, started when first needed."""
         if self._threads is None:
-            self._threads = _Workers(max(self.jobs, 4), self._events)
+            self._threads = _Workers(max(self.jobs, 4), self._events, self._take_handover)
         return self._threads
 
     # -- remote execution ----------------------------------------------------------------
