@@ -72,7 +72,7 @@ def seed(sched, order: list[str], changed: set[str], keys: dict) -> bool:
     graph, workspace = planner.graph, planner.workspace
     targets, aliases = graph.targets, graph.aliases  # an alias has no key: the scheduler answers it from its targets
     wanted = {name: keys.get(name) for name in order if name not in changed and name not in aliases}
-    if any(targets[name].phony for name in graph.phony - aliases if name in wanted):
+    if not graph.phony.isdisjoint(wanted):
         return False  # a phony recipe always runs
     # What each target was last built as, by any build of this workspace
     # (compared as dict views: one pass in C over thousands of targets).
