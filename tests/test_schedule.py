@@ -9,6 +9,12 @@ import time
 from conftest import BB_CMD, statuses
 
 
+def timed(stem: str, seconds: float) -> str:
+    """A rule's recipe lines that write when they start and end, to
+    STEM.start and STEM.end, and take `seconds` in between."""
+    return f"    date +%s.%N > {stem}.start\n    sleep {seconds}\n    date +%s.%N > {stem}.end\n    echo > $@\n"
+
+
 def test_independent_recipes_run_in_parallel(project):
     # Each recipe records when it started and ended; with -j2 the two
     # intervals overlap. Each waits until the other has started (bounded),
@@ -52,23 +58,7 @@ def test_j1_runs_one_at_a_time(project):
 
 def test_cpus_attribute_takes_job_slots(project):
     # With -j2, a @cpus 2 target never runs beside another one.
-    project.batchfile("""
-        @cpus 2
-        big.txt:
-            date +%s.%N > big.start
-            sleep 0.3
-            date +%s.%N > big.end
-            echo > $@
-
-        small.txt:
-            date +%s.%N > small.start
-            sleep 0.3
-            date +%s.%N > small.end
-            echo > $@
-
-        @default
-        all: big.txt small.txt
-    """)
+    project.batchfile(f"@cpus 2\nbig.txt:\n{timed('big', 0.3)}\nsmall.txt:\n{timed('small', 0.3)}\n@default\nall: big.txt small.txt\n")
     project.build("-j2")
     big = float(project.read("big.start")), float(project.read("big.end"))
     small = float(project.read("small.start")), float(project.read("small.end"))
@@ -79,24 +69,9 @@ def test_j2_never_holds_more_than_two_slots_when_recipes_hand_their_slot_on(proj
     # Workers start the next recipe in line in the slot a recipe frees,
     # without a round trip through the main loop: at no moment do the
     # recipes running hold more than -j slots (a @cpus 2 one holds two).
-    project.batchfile("""
-        @for n in 1..16
-        t$(n).txt:
-            date +%s.%N > t$(n).start
-            sleep 0.03
-            date +%s.%N > t$(n).end
-            echo > $@
-
-        @cpus 2
-        big.txt:
-            date +%s.%N > big.start
-            sleep 0.1
-            date +%s.%N > big.end
-            echo > $@
-
-        @default
-        all: t*.txt big.txt
-    """)
+    project.batchfile(
+        f"@for n in 1..16\nt$(n).txt:\n{timed('t$(n)', 0.03)}\n@cpus 2\nbig.txt:\n{timed('big', 0.1)}\n@default\nall: t*.txt big.txt\n"
+    )
     assert set(project.build("-j2").values()) == {"built"}
     spans = [(float(project.read(f"t{n}.start")), float(project.read(f"t{n}.end")), 1) for n in range(1, 17)]
     spans.append((float(project.read("big.start")), float(project.read("big.end")), 2))
