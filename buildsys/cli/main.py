@@ -193,10 +193,11 @@ def _run(args, *, dry_run: bool, before=None):
         if executor is not None:
             executor.close()
         ctx.workspace.save(index=not dry_run)
+        ctx.workspace.close()
         planner.save()
         ui.end()
+        ctx.store.close()
         if shared:
-            ctx.store.close()
             args.cache_stats = ctx.store.stats()
         for warning in ctx.workspace.warnings + planner.warnings:
             print(f"bb: warning: {warning}", file=sys.stderr)

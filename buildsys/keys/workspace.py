@@ -65,6 +65,13 @@ class Workspace:
             self.warnings.append(f"ignored {os.path.relpath(self.index_path)}: it is not what bb writes ({err}); bb keeps it again from this build on")
             return False
 
+    def close(self) -> None:
+        """Close the index (folding its write-ahead log into index.db, see
+        LocalStore.close); opened again if used again."""
+        if self._db:
+            self._db.close()
+        self._db = None
+
     def _stored(self, target: str) -> dict | None:
         """The index's entry for the target, if it is one bb writes. Read
         once until the next save: a target's lookup, the check of what sits

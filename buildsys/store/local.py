@@ -105,6 +105,15 @@ class LocalStore:
                     self._conn = self._open()
         return self._conn
 
+    def close(self) -> None:
+        """Close the database: its last connection's close folds the
+        write-ahead log into store.db, as an exiting Python did (bb leaves
+        through os._exit). Opened again if used again."""
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
     def _open(self):
         import sqlite3
 

@@ -393,6 +393,7 @@ class TieredStore:
     def close(self) -> None:
         self._pool.shutdown(wait=True)
         self._blob_pool.shutdown(wait=True)
+        self.local.close()
 
     def stats(self) -> dict:
         return {
