@@ -305,6 +305,8 @@ def cmd_build(args) -> int:
             done = stamp["report"]
             entries = [{"target": name, "status": "cached", "key": key, "duration": 0.0} for name, key in done.items()] if args.json else []
             _report(args, {"cached": len(done)} if done else {}, lambda: entries, time.time() - t0)
+            if _kept is not None:
+                _kept.append(stamp)
             return 0
     noop.discard(path)
     cone = None
@@ -767,10 +769,11 @@ def _handle_stop_signals() -> None:
             signal.signal(signum, stop)
 
 
-# What a command loaded (the graph, the stamp, thousands of reports), kept
+# What a build loaded (the graph, the stamp, thousands of reports), kept
 # referenced when bb runs as a program: entry() then leaves through
 # os._exit, and nothing frees it one object at a time (~10 ms after 10,000
-# targets). None when main() is called in a process that goes on.
+# targets). None when main() is called in a process that goes on; empty
+# after any other command, which leaves as Python does.
 _kept: list | None = None
 
 
@@ -778,13 +781,13 @@ def entry() -> None:
     global _kept
     _kept = []
     code = main()
-    # Everything bb keeps is on disk by now (files written whole and closed,
-    # SQLite transactions committed): leave without the interpreter freeing
+    # After a build, everything bb keeps is on disk (files written whole and
+    # closed, its databases closed): leave without the interpreter freeing
     # the build's objects one by one, ~15 ms after 10,000 targets. Only when
     # no thread of bb's is still at work; exit handlers still run.
     import threading  # (imported already wherever a thread was started)
 
-    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+    if not _kept or any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
         sys.exit(code)
     import atexit
 
