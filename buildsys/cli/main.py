@@ -303,8 +303,7 @@ def cmd_build(args) -> int:
                 noop.settle(path, stamp, settled)
                 _learn_digests(stamp["root"], settled)
             done = stamp["report"]
-            entries = [{"target": name, "status": "cached", "key": key, "duration": 0.0} for name, key in done.items()] if args.json else []
-            _report(args, {"cached": len(done)} if done else {}, lambda: entries, time.time() - t0)
+            _report(args, {"cached": len(done)} if done else {}, lambda: [{"target": name, "status": "cached", "key": key, "duration": 0.0} for name, key in done.items()], time.time() - t0)
             if _kept is not None:
                 _kept.append(stamp)
             return 0

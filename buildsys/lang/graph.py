@@ -174,15 +174,14 @@ class Graph:
         return path not in self.targets and self.producer_of(path.rstrip("/")) is None
 
     def is_alias(self, name: str) -> bool:
-        target = self.targets.get(name)
-        return target is not None and target.phony and target.recipe is None
+        return name in self.aliases
 
     @property
     def aliases(self) -> set[str]:
-        """The targets that are aliases (remembered: the graph never changes once built)."""
+        """The phony targets without a recipe (remembered: the graph never changes once built)."""
         found = self.__dict__.get("_aliases")
         if found is None:
-            found = self.__dict__["_aliases"] = {n for n, t in self.targets.items() if t.phony and t.recipe is None}
+            found = self.__dict__["_aliases"] = {n for n in self.phony if self.targets[n].recipe is None}
         return found
 
     @property

@@ -57,7 +57,7 @@ class _Workers:
     slot goes from one recipe to the next without a round trip through the
     main thread."""
 
-    def __init__(self, size: int, events: queue.SimpleQueue, take_next=None):
+    def __init__(self, size: int, events: queue.SimpleQueue, take_next):
         self._tasks: queue.SimpleQueue = queue.SimpleQueue()
         self._events = events
         self._take_next = take_next
@@ -81,7 +81,7 @@ class _Workers:
                     result = fn(*args)
                 except BaseException as err:  # raised again on the main thread
                     result = err
-                task = self._take_next(name, result) if handover and self._take_next is not None else None
+                task = self._take_next(name, result) if handover else None
                 if task is not None:
                     with self._lock:
                         self.pending += 1

@@ -20,7 +20,7 @@ _OPAQUE = 1024  # bytes for posix_spawn_file_actions_t, posix_spawnattr_t, sigse
 
 def _libc():
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
+        libc = ctypes.CDLL(None)  # (errors come back as return values, not errno)
         for name in ("posix_spawn", "posix_spawnp", "posix_spawn_file_actions_init", "posix_spawn_file_actions_addopen", "posix_spawn_file_actions_adddup2",
                      "posix_spawn_file_actions_destroy", "posix_spawnattr_init", "posix_spawnattr_setflags", "posix_spawnattr_setsigdefault",
                      "sigemptyset", "sigaddset"):
