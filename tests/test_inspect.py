@@ -332,6 +332,24 @@ def test_help_lists_commands(project):
         assert re.search(rf"^\s+{command}\b", proc.stdout, re.M), f"{command} missing from --help\n{proc.stdout}"
 
 
+def test_usage_errors_name_every_command(project):
+    # A run builds only the parsers of the commands it names; its usage
+    # errors and help are still the full parser's.
+    project.batchfile("out.txt:\n\techo hi > $@\n")
+    proc = project.bb("-f", "list", "nosuchcommand", check=2)
+    for command in ("build", "plan", "why", "status", "list", "graph", "clean", "cache"):
+        assert f"'{command}'" in proc.stderr, proc.stderr
+    proc = project.bb("build", "--no-such-option", check=2)
+    assert "unrecognized arguments: --no-such-option" in proc.stderr, proc.stderr
+    proc = project.bb("build", "--help", check=0)
+    assert "--dry-run" in proc.stdout and "--sandbox" in proc.stdout, proc.stdout
+    proc = project.bb("cache", "--help", check=0)
+    for command in ("push", "pull", "ls", "stats", "verify", "gc"):
+        assert re.search(rf"^\s+{command}\b", proc.stdout, re.M), proc.stdout
+    assert project.bb("build").returncode == 0
+    assert (project.root / "out.txt").read_text() == "hi\n"
+
+
 # ---- bb build --json ----------------------------------------------------------------------------------------
 
 

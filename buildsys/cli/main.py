@@ -620,10 +620,30 @@ def _remote_words(argv: list[str]) -> list[str]:
     return out
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _Partial(argparse.ArgumentParser):
+    """A parser that holds only the commands its command line names: the
+    rest cost ~10 ms to build on every run. What it cannot take (an error,
+    help) is the full parser's to answer, in the usual words."""
+
+    def error(self, message):
+        raise _Retry
+
+    def print_help(self, file=None):
+        raise _Retry
+
+
+class _Retry(Exception):
+    pass
+
+
+def build_parser(commands: set[str] | None = None) -> argparse.ArgumentParser:
+    """bb's parser; with `commands`, only those commands' parsers."""
     common = _common(argparse.SUPPRESS)
 
-    parser = argparse.ArgumentParser(
+    def wanted(name: str) -> bool:
+        return commands is None or name in commands
+
+    parser = (argparse.ArgumentParser if commands is None else _Partial)(
         prog="bb",
         description="bb builds the targets of a Batchfile, running only what is not already in its content-addressed store.",
         epilog="Run 'bb COMMAND --help' for a command's options. Exit codes: 0 ok, 1 build failed, 2 bad Batchfile or usage, 130 interrupted.",
@@ -642,96 +662,108 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="print a machine-readable report on stdout at the end")
         remote_option(p)
 
-    p = sub.add_parser("build", parents=[common], help="build targets (the default target if none is named)")
-    build_options(p)
-    p.add_argument("-n", "--dry-run", action="store_true", help="print what would run and why, run nothing")
-    p.add_argument("--no-wait", action="store_true", help="fail at once if another bb is building in this workspace (default: wait for it)")
-    p.add_argument(
-        "--intermediates", action=argparse.BooleanOptionalAction, default=None,
-        help="bring every target's outputs into the workspace, not only the requested ones (default: yes, but not with --remote)",
-    )
-    p.add_argument("--detach", action="store_true", help="with --remote: on Ctrl-C, leave submitted jobs running (the next --remote adopts them)")
-    p.add_argument("--sandbox", action="store_true", help="run each recipe in a scratch folder holding only its declared inputs, as a remote worker does (finds undeclared inputs)")
-    p.set_defaults(func=cmd_build)
+    if wanted("build"):
+        p = sub.add_parser("build", parents=[common], help="build targets (the default target if none is named)")
+        build_options(p)
+        p.add_argument("-n", "--dry-run", action="store_true", help="print what would run and why, run nothing")
+        p.add_argument("--no-wait", action="store_true", help="fail at once if another bb is building in this workspace (default: wait for it)")
+        p.add_argument(
+            "--intermediates", action=argparse.BooleanOptionalAction, default=None,
+            help="bring every target's outputs into the workspace, not only the requested ones (default: yes, but not with --remote)",
+        )
+        p.add_argument("--detach", action="store_true", help="with --remote: on Ctrl-C, leave submitted jobs running (the next --remote adopts them)")
+        p.add_argument("--sandbox", action="store_true", help="run each recipe in a scratch folder holding only its declared inputs, as a remote worker does (finds undeclared inputs)")
+        p.set_defaults(func=cmd_build)
 
-    p = sub.add_parser("plan", parents=[common], help="show what a build would run, and why")
-    build_options(p)
-    p.set_defaults(func=cmd_plan)
+    if wanted("plan"):
+        p = sub.add_parser("plan", parents=[common], help="show what a build would run, and why")
+        build_options(p)
+        p.set_defaults(func=cmd_plan)
 
-    p = sub.add_parser("why", parents=[common], help="explain why a target would be rebuilt: which input, line or parameter changed")
-    p.add_argument("target")
-    p.add_argument("overrides_words", nargs="*", metavar="VAR=VALUE")
-    remote_option(p)
-    p.set_defaults(func=cmd_why)
+    if wanted("why"):
+        p = sub.add_parser("why", parents=[common], help="explain why a target would be rebuilt: which input, line or parameter changed")
+        p.add_argument("target")
+        p.add_argument("overrides_words", nargs="*", metavar="VAR=VALUE")
+        remote_option(p)
+        p.set_defaults(func=cmd_why)
 
-    p = sub.add_parser("status", parents=[common], help="outputs in the workspace that are missing, stale, modified or out of date")
-    p.add_argument("targets", nargs="*", metavar="TARGET|VAR=VALUE")
-    p.add_argument("-v", "--verbose", action="store_true", help="list the outputs that are ok too")
-    p.add_argument("--json", action="store_true")
-    remote_option(p)
-    p.set_defaults(func=cmd_status)
+    if wanted("status"):
+        p = sub.add_parser("status", parents=[common], help="outputs in the workspace that are missing, stale, modified or out of date")
+        p.add_argument("targets", nargs="*", metavar="TARGET|VAR=VALUE")
+        p.add_argument("-v", "--verbose", action="store_true", help="list the outputs that are ok too")
+        p.add_argument("--json", action="store_true")
+        remote_option(p)
+        p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("debug", parents=[common], help="run a target's action again in its environment image on the local Docker Engine, and show its output")
-    p.add_argument("target")
-    p.add_argument("overrides_words", nargs="*", metavar="VAR=VALUE")
-    p.set_defaults(func=cmd_debug)
+    if wanted("debug"):
+        p = sub.add_parser("debug", parents=[common], help="run a target's action again in its environment image on the local Docker Engine, and show its output")
+        p.add_argument("target")
+        p.add_argument("overrides_words", nargs="*", metavar="VAR=VALUE")
+        p.set_defaults(func=cmd_debug)
 
-    p = sub.add_parser("log", parents=[common], help="print what a target's last run printed")
-    p.add_argument("target")
-    p.set_defaults(func=cmd_log)
+    if wanted("log"):
+        p = sub.add_parser("log", parents=[common], help="print what a target's last run printed")
+        p.add_argument("target")
+        p.set_defaults(func=cmd_log)
 
-    p = sub.add_parser("list", parents=[common], help="list the targets")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_list)
+    if wanted("list"):
+        p = sub.add_parser("list", parents=[common], help="list the targets")
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("graph", parents=[common], help="print the dependency graph (DOT or Mermaid)")
-    p.add_argument("targets", nargs="*", metavar="TARGET")
-    p.add_argument("--format", choices=("dot", "mermaid"), default="dot")
-    p.set_defaults(func=cmd_graph)
+    if wanted("graph"):
+        p = sub.add_parser("graph", parents=[common], help="print the dependency graph (DOT or Mermaid)")
+        p.add_argument("targets", nargs="*", metavar="TARGET")
+        p.add_argument("--format", choices=("dot", "mermaid"), default="dot")
+        p.set_defaults(func=cmd_graph)
 
-    p = sub.add_parser("clean", parents=[common], help="remove targets' outputs from the workspace (the store keeps them)")
-    p.add_argument("targets", nargs="*", metavar="TARGET")
-    p.add_argument("--purge", action="store_true", help="also delete the local store")
-    p.set_defaults(func=cmd_clean)
+    if wanted("clean"):
+        p = sub.add_parser("clean", parents=[common], help="remove targets' outputs from the workspace (the store keeps them)")
+        p.add_argument("targets", nargs="*", metavar="TARGET")
+        p.add_argument("--purge", action="store_true", help="also delete the local store")
+        p.set_defaults(func=cmd_clean)
 
-    from buildsys.cli import cache as cachecli
+    if wanted("cache"):
+        from buildsys.cli import cache as cachecli
 
-    cache = sub.add_parser("cache", help="manage the local store and the shared cache").add_subparsers(dest="cache_command", metavar="COMMAND")
-    p = cache.add_parser("push", parents=[common], help="upload the local results of targets to the shared cache")
-    p.add_argument("targets", nargs="*", metavar="TARGET|VAR=VALUE")
-    p.set_defaults(func=cachecli.push)
-    p = cache.add_parser("pull", parents=[common], help="bring targets' outputs from the shared cache, building nothing")
-    p.add_argument("targets", nargs="*", metavar="TARGET|VAR=VALUE")
-    p.set_defaults(func=cachecli.pull)
-    p = cache.add_parser("ls", parents=[common], help="where each target's current result is: local, shared, or missing")
-    p.add_argument("targets", nargs="*", metavar="TARGET|VAR=VALUE")
-    p.set_defaults(func=cachecli.ls)
-    p = cache.add_parser("stats", parents=[common], help="size of the local store and of the shared cache")
-    p.set_defaults(func=cachecli.stats)
-    p = cache.add_parser("verify", parents=[common], help="re-hash every blob and report corrupt ones")
-    p.add_argument("--shared", action="store_true", help="verify the shared cache instead of the local store")
-    p.add_argument("--delete", action="store_true", help="remove the corrupt blobs")
-    p.set_defaults(func=cachecli.verify)
-    p = cache.add_parser("gc", parents=[common], help="delete old results and unreferenced blobs")
-    p.add_argument("--max-size", metavar="SIZE", help="shrink to SIZE (such as 10G), oldest results first")
-    p.add_argument("--max-age", metavar="AGE", help="drop results older than AGE (such as 30d)")
-    p.add_argument("--include-current", action="store_true", help="may also drop what the current targets use")
-    p.add_argument("--shared", action="store_true", help="collect in the shared cache instead of the local store")
-    p.add_argument("-n", "--dry-run", action="store_true", help="say what would be removed")
-    p.set_defaults(func=cachecli.gc)
+        cache = sub.add_parser("cache", help="manage the local store and the shared cache").add_subparsers(dest="cache_command", metavar="COMMAND")
+        p = cache.add_parser("push", parents=[common], help="upload the local results of targets to the shared cache")
+        p.add_argument("targets", nargs="*", metavar="TARGET|VAR=VALUE")
+        p.set_defaults(func=cachecli.push)
+        p = cache.add_parser("pull", parents=[common], help="bring targets' outputs from the shared cache, building nothing")
+        p.add_argument("targets", nargs="*", metavar="TARGET|VAR=VALUE")
+        p.set_defaults(func=cachecli.pull)
+        p = cache.add_parser("ls", parents=[common], help="where each target's current result is: local, shared, or missing")
+        p.add_argument("targets", nargs="*", metavar="TARGET|VAR=VALUE")
+        p.set_defaults(func=cachecli.ls)
+        p = cache.add_parser("stats", parents=[common], help="size of the local store and of the shared cache")
+        p.set_defaults(func=cachecli.stats)
+        p = cache.add_parser("verify", parents=[common], help="re-hash every blob and report corrupt ones")
+        p.add_argument("--shared", action="store_true", help="verify the shared cache instead of the local store")
+        p.add_argument("--delete", action="store_true", help="remove the corrupt blobs")
+        p.set_defaults(func=cachecli.verify)
+        p = cache.add_parser("gc", parents=[common], help="delete old results and unreferenced blobs")
+        p.add_argument("--max-size", metavar="SIZE", help="shrink to SIZE (such as 10G), oldest results first")
+        p.add_argument("--max-age", metavar="AGE", help="drop results older than AGE (such as 30d)")
+        p.add_argument("--include-current", action="store_true", help="may also drop what the current targets use")
+        p.add_argument("--shared", action="store_true", help="collect in the shared cache instead of the local store")
+        p.add_argument("-n", "--dry-run", action="store_true", help="say what would be removed")
+        p.set_defaults(func=cachecli.gc)
     return parser
 
 
 def main(argv=None) -> int:
     # Planning allocates many small objects and few cycles: collect rarely.
     gc.set_threshold(100_000, 50, 100)
-    parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
     if not argv or not any(a in COMMANDS for a in argv) and not any(a in ("-h", "--help", "--version") for a in argv):
         argv = ["build"] + argv  # plain `bb [TARGET...] [-j N]` builds, as `make` does
-    args = parser.parse_args(_remote_words(argv))
+    try:
+        args = build_parser({a for a in argv if a in COMMANDS}).parse_args(_remote_words(argv))
+    except _Retry:
+        args = build_parser().parse_args(_remote_words(argv))
     if getattr(args, "func", None) is None:
-        parser.parse_args(argv + ["--help"])
+        build_parser().parse_args(argv + ["--help"])
     _handle_stop_signals()
     try:
         if args.directory:
