@@ -26,9 +26,11 @@ class Context:
         self.sources = sources or {}  # the Batchfile and its includes: absolute path -> stat signature as read
         self.folders = folders or {}  # the graph's watched folders -> signature as read (lang.cache.folder_signatures)
         self.read_at = read_at  # when they began to be read (or the cached graph to be loaded)
+        self._prefix = os.path.join(root, "")
 
     def full(self, path: str) -> str:
-        return path if os.path.isabs(path) else os.path.join(self.root, path)
+        # os.path.join, without its checks: called for each input and output of every target
+        return path if path.startswith("/") else self._prefix + path
 
 
 def _find_batchfile(explicit: str | None) -> str:
