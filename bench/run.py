@@ -276,42 +276,56 @@ def measure_pipeline(p: Pipeline, results: list, where: str) -> None:
     state = {t: "ok" for t in p.tools}  # "ok" or why later scenarios are skipped
     big = p.n > ARGS.extras_max_n
 
-    def one(scenario: str, tool: str, *, prepare=None, expect_ran=None, repeat: int = 1, heavy=False):
-        row = {"where": where, "section": "pipeline", "shape": p.shape, "n": p.n, "scenario": scenario, "tool": tool, "jobs": p.jobs, "load": _load()}
-        if heavy and state[tool] != "ok":
-            row.update(skipped=state[tool])
-            results.append(row)
-            print(f"  {scenario:<22} {tool:<7} skipped: {state[tool]}", flush=True)
-            return
-        samples, rss, ran, ok, timed_out = [], [], None, True, False
+    def one(scenario: str, *, prepare=None, expect_ran=None, repeat: int = 1, heavy=False):
+        """The scenario for every tool, its samples taken in rounds (make,
+        doit, bb, make, doit, bb...): the machine's speed drifts over
+        minutes, and a drift then moves every tool's median alike instead of
+        the ratios."""
+        rows, samples, rss = {}, {}, {}
+        for tool in p.tools:
+            rows[tool] = {"where": where, "section": "pipeline", "shape": p.shape, "n": p.n, "scenario": scenario, "tool": tool, "jobs": p.jobs, "load": _load()}
+            samples[tool], rss[tool] = [], []
+            if heavy and state[tool] != "ok":
+                rows[tool].update(skipped=state[tool])
+        going = [t for t in p.tools if "skipped" not in rows[t]]
         for k in range(repeat):
-            if prepare:
-                prepare(tool)
-            r = run(tool_cmd(tool, p.jobs), p.folder(tool), os.path.join(p.root, "logs", f"{tool}-{scenario.replace(' ', '_')}-{k}.log"), ARGS.timeout)
-            samples.append(r.seconds)
-            rss.append(r.maxrss_kb)
-            ran = tasks_ran(tool.split("-")[0], r.output) if ran is None else ran
-            if r.timed_out:
-                timed_out = True
-                break
-            if r.rc != 0 or not p.check(tool):
-                ok = False
-                row["error"] = f"exit {r.rc}; final output {'ok' if p.check(tool) else 'WRONG'}; " + " | ".join(r.output.strip().splitlines()[-3:])[:300]
-                break
-        row.update(seconds=statistics.median(samples), samples=[round(s, 4) for s in samples], maxrss_kb=max(rss), ran=ran, ok=ok)
-        if expect_ran is not None:
-            row["expected_ran"] = expect_ran
-        if timed_out:
-            row.update(timed_out=True, ok=False, seconds=None)
-            state[tool] = f"'{scenario}' did not finish in {ARGS.timeout:g}s"
-            if tool.startswith("bb"):
-                recover_bb(p, tool)
-                row["note"] = "timed out; state recovered by building in batches of 250 (untimed)"
-            else:
-                run(tool_cmd(tool, p.jobs), p.folder(tool), os.path.join(p.root, "logs", f"{tool}-recover.log"))
-        results.append(row)
-        shown = "TIMEOUT" if timed_out else f"{row['seconds']:.3f}s"
-        print(f"  {scenario:<22} {tool:<7} {shown:>10}  ran {ran!s:>6}  {max(rss) / 1024:6.1f} MiB" + ("" if ok or timed_out else f"  ERROR {row.get('error')}"), flush=True)
+            for tool in list(going):
+                row = rows[tool]
+                if k == 0:
+                    row["load"] = _load()
+                if prepare:
+                    prepare(tool)
+                r = run(tool_cmd(tool, p.jobs), p.folder(tool), os.path.join(p.root, "logs", f"{tool}-{scenario.replace(' ', '_')}-{k}.log"), ARGS.timeout)
+                samples[tool].append(r.seconds)
+                rss[tool].append(r.maxrss_kb)
+                if "ran" not in row:
+                    row["ran"] = tasks_ran(tool.split("-")[0], r.output)
+                if r.timed_out:
+                    row["timed_out"] = True
+                    going.remove(tool)
+                elif r.rc != 0 or not p.check(tool):
+                    row["error"] = f"exit {r.rc}; final output {'ok' if p.check(tool) else 'WRONG'}; " + " | ".join(r.output.strip().splitlines()[-3:])[:300]
+                    going.remove(tool)
+        for tool in p.tools:
+            row = rows[tool]
+            results.append(row)
+            if "skipped" in row:
+                print(f"  {scenario:<22} {tool:<7} skipped: {state[tool]}", flush=True)
+                continue
+            timed_out, ok = row.pop("timed_out", False), "error" not in row
+            row.update(seconds=statistics.median(samples[tool]), samples=[round(x, 4) for x in samples[tool]], maxrss_kb=max(rss[tool]), ok=ok and not timed_out)
+            if expect_ran is not None:
+                row["expected_ran"] = expect_ran
+            if timed_out:
+                row.update(timed_out=True, seconds=None)
+                state[tool] = f"'{scenario}' did not finish in {ARGS.timeout:g}s"
+                if tool.startswith("bb"):
+                    recover_bb(p, tool)
+                    row["note"] = "timed out; state recovered by building in batches of 250 (untimed)"
+                else:
+                    run(tool_cmd(tool, p.jobs), p.folder(tool), os.path.join(p.root, "logs", f"{tool}-recover.log"))
+            shown = "TIMEOUT" if timed_out else f"{row['seconds']:.3f}s"
+            print(f"  {scenario:<22} {tool:<7} {shown:>10}  ran {row['ran']!s:>6}  {max(rss[tool]) / 1024:6.1f} MiB" + ("" if ok or timed_out else f"  ERROR {row.get('error')}"), flush=True)
 
     n_all = p.n + (1 if p.shape == "fanout" else 0)
     n_leaf = 1 if p.shape == "chain" else 2
@@ -321,12 +335,9 @@ def measure_pipeline(p: Pipeline, results: list, where: str) -> None:
     # A full build is one sample per run above --full-repeat-max-n (minutes at
     # 10,000 tasks); below, the median of --full-repeat, each from nothing.
     full_repeat = ARGS.full_repeat if p.n <= ARGS.full_repeat_max_n else 1
-    for tool in p.tools:
-        one("full build", tool, expect_ran=n_all, heavy=True, repeat=full_repeat, prepare=(lambda t: clean(p.folder(t), t)) if full_repeat > 1 else None)
-    for tool in p.tools:
-        one("no-op (1st)", tool, expect_ran=0)
-    for tool in p.tools:
-        one("no-op", tool, expect_ran=0, repeat=ARGS.repeat)
+    one("full build", expect_ran=n_all, heavy=True, repeat=full_repeat, prepare=(lambda t: clean(p.folder(t), t)) if full_repeat > 1 else None)
+    one("no-op (1st)", expect_ran=0)
+    one("no-op", expect_ran=0, repeat=ARGS.repeat)
     # Each sample edits the leaf anew (v1, v2, v1...): a one-input change is
     # as short as a no-op is, and as noisy, so it is a median too.
     edits: dict[str, int] = {}
@@ -336,18 +347,14 @@ def measure_pipeline(p: Pipeline, results: list, where: str) -> None:
         p.leaf = f"v{2 - edits[tool] % 2}"
         p.set_leaf(tool, p.leaf)
 
-    for tool in p.tools:
-        one("leaf change", tool, prepare=edit_leaf, expect_ran=n_leaf, repeat=ARGS.repeat)
+    one("leaf change", prepare=edit_leaf, expect_ran=n_leaf, repeat=ARGS.repeat)
     if not big:
-        for tool in p.tools:
-            one("touch source", tool, prepare=p.touch_src, expect_ran=None)
+        one("touch source", prepare=p.touch_src, expect_ran=None)
     p.src = "v1"
-    for tool in p.tools:
-        one("source change", tool, prepare=lambda t: p.set_src(t, "v1"), expect_ran=n_all, heavy=True)
+    one("source change", prepare=lambda t: p.set_src(t, "v1"), expect_ran=n_all, heavy=True)
     if not big:
         p.src = "v0"
-        for tool in p.tools:
-            one("revert source", tool, prepare=lambda t: p.set_src(t, "v0"), expect_ran=None)
+        one("revert source", prepare=lambda t: p.set_src(t, "v0"), expect_ran=None)
 
 
 # ---- planning a big graph ------------------------------------------------------------
