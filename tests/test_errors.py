@@ -4,6 +4,7 @@ Exit codes: 2 for a bad Batchfile (or usage), 1 for a failed build.
 Every test drives the real `bb` command in a fresh project folder."""
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
@@ -230,6 +231,14 @@ def test_include_missing_file(project):
     err = bad(project, 'include "nope.bb"\nout.txt:\n\techo > $@\n')
     assert "nope.bb" in err
     assert "Batchfile:1" in err
+
+
+def test_include_of_a_symlink_loop(project):
+    os.symlink("loop.bb", project.root / "loop.bb")
+    (project.root / "sub").mkdir()
+    (project.root / "sub" / "inc.bb").write_text("include ../loop.bb\n")
+    err = bad(project, 'include sub/inc.bb\nout.txt:\n\techo > $@\n')
+    assert "sub/inc.bb:1" in err and "symlink loop" in err and "loop.bb" in err, err
 
 
 def test_directory_does_not_exist(project):

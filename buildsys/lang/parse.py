@@ -6,20 +6,20 @@ bytes of every file it read, so a no-op build never imports Lark.
 from __future__ import annotations
 
 import codecs
+import errno
 import os
 import pickle
 import re
 import stat
 import sys
 import textwrap
-from pathlib import Path
 
 from buildsys.errors import BatchfileError
 from buildsys.files import write_atomic
 from buildsys.lang.model import Assignment, Attribute, Batchfile, Location, Loop, Record, Rule, Setting, Zip, one_line, show
 
 # A link to grammar/batchfile.lark, so the grammar ships inside the package.
-GRAMMAR = Path(__file__).parent / "batchfile.lark"
+GRAMMAR = os.path.join(os.path.dirname(__file__), "batchfile.lark")
 
 # What the parser expects, in words a user knows.
 TOKEN_WORDS = {
@@ -86,7 +86,7 @@ def _lark():
         finally:
             if hidden:
                 del sys.modules["regex"]
-        _parser = Lark(GRAMMAR.read_text(), parser="lalr", lexer="contextual", cache=True)
+        _parser = Lark(_grammar().decode(), parser="lalr", lexer="contextual", cache=True)
     return _parser
 
 
@@ -422,24 +422,46 @@ def decode_source(data: bytes, path: str) -> str:
         ) from None
 
 
+def _grammar() -> bytes:
+    with open(GRAMMAR, "rb") as f:
+        return f.read()
+
+
+def _norm(path: str | os.PathLike) -> str:
+    """The path as pathlib would write it ('.' parts and repeated slashes
+    dropped, '..' kept): pathlib itself costs a parse ~5 ms to import."""
+    path = os.fspath(path)
+    root = "//" if path[:2] == "//" and path[2:3] != "/" else "/" if path[:1] == "/" else ""
+    return root + "/".join(part for part in path.split("/") if part and part != ".") or "."
+
+
+def _parent(path: str) -> str:
+    return os.path.dirname(path) or "."
+
+
 @one_line
 def parse_file(path: str | os.PathLike) -> Batchfile:
     """Parse a Batchfile and everything it includes (paths relative to the including file)."""
-    root = Path(path)
+    root = _norm(path)
     assignments, rules, settings, sources = [], [], [], []
-    seen: set[Path] = set()
+    seen: set[str] = set()
 
-    def read(file: Path, where):
+    def read(file: str, where):
         shown = _display(file)
         text = decode_source(read_source(file, where), shown)
-        sources.append(str(file))
+        sources.append(file)
         return parse_text(text, shown)
 
-    def identity(file: Path, where) -> Path:
+    def identity(file: str, where) -> str:
         try:
-            return file.resolve()
-        except (OSError, RuntimeError, ValueError) as err:  # a symlink loop, say
-            raise BatchfileError(f"cannot read '{show(str(file), 200)}': {show(str(err), 200)}.", where=where) from None
+            real = os.path.realpath(file)
+            os.stat(real)  # (realpath does not say when it went round a symlink loop)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise BatchfileError(f"cannot read '{show(file, 200)}': a symlink loop from '{show(str(err.filename or real), 200)}'.", where=where, hint="Point the include at a file, not at a link that leads back to itself.") from None
+        except ValueError as err:  # a NUL in the path
+            raise BatchfileError(f"cannot read '{show(file, 200)}': {show(str(err), 200)}.", where=where) from None
+        return real
 
     # Includes are spliced in place: walk a stack of iterators, not recursion.
     pending = [iter(read(root, None))]
@@ -454,7 +476,7 @@ def parse_file(path: str | os.PathLike) -> Batchfile:
             continue
         if isinstance(item, Assignment):
             if isinstance(item.value, _Load):
-                item = Assignment(item.name, item.op, load_params(files[-1].parent, item.value, sources), item.location, loaded=True)
+                item = Assignment(item.name, item.op, load_params(_parent(files[-1]), item.value, sources), item.location, loaded=True)
             assignments.append(item)
         elif isinstance(item, Rule):
             rules.append(item)
@@ -462,25 +484,25 @@ def parse_file(path: str | os.PathLike) -> Batchfile:
             settings.extend(item[1])
         else:
             _, name, where = item
-            target = files[-1].parent / name
+            target = _norm(os.path.join(_parent(files[-1]), name))
             real = identity(target, where)
             if real in seen:
                 raise BatchfileError(f"'{show(name, 200)}' is included twice (or includes itself).", where=where)
             seen.add(real)
             pending.append(iter(read(target, where)))
             files.append(target)
-    return Batchfile(str(root), tuple(assignments), tuple(rules), tuple(settings), tuple(sources))
+    return Batchfile(root, tuple(assignments), tuple(rules), tuple(settings), tuple(sources))
 
 
-def load_params(folder: Path, request: _Load, sources: list):
+def load_params(folder: str, request: _Load, sources: list):
     """The data of `load("file")`: JSON and TOML with the standard library,
     YAML with PyYAML when it is installed. The file becomes one of the
     Batchfile's sources, so that an edit is seen by the parse cache and the
     no-op check."""
     from buildsys.lang.values import FORMATS, from_data, parse_data
 
-    file = folder / request.name
-    kind = FORMATS.get(file.suffix.lower())
+    file = _norm(os.path.join(folder, request.name))
+    kind = FORMATS.get(os.path.splitext(file)[1].lower())
     if kind is None:
         raise BatchfileError(
             f"load() reads .json, .toml, .yaml and .yml files, not '{show(request.name, 200)}'.",
@@ -489,12 +511,12 @@ def load_params(folder: Path, request: _Load, sources: list):
         )
     shown = _display(file)
     text = decode_source(read_source(file, request.location), shown)
-    sources.append(str(file))
+    sources.append(file)
     data = parse_data(text, kind, shown, request.location)
     return from_data(data, request.location, f"'{show(shown, 200)}'")
 
 
-def _display(file: Path) -> str:
+def _display(file: str) -> str:
     try:
         return os.path.relpath(file)
     except ValueError:
@@ -507,13 +529,13 @@ def load(path: str | os.PathLike, cache_dir: str | os.PathLike | None) -> Batchf
         return parse_file(path)
     from buildsys.digest import hash_bytes
 
-    main = Path(path)
+    main = _norm(path)
     try:
         head = read_source(main)
     except BatchfileError:
         return parse_file(path)  # reports it
-    key = hash_bytes(head + GRAMMAR.read_bytes() + _CACHE_VERSION + os.fsencode(main))
-    entry = Path(cache_dir) / "parse" / key
+    key = hash_bytes(head + _grammar() + _CACHE_VERSION + os.fsencode(main))
+    entry = os.path.join(cache_dir, "parse", key)
     try:
         with open(entry, "rb") as f:
             cached, digests = pickle.load(f)
