@@ -996,7 +996,7 @@ def parse_args(argv=None):
     p.add_argument("-j", "--jobs", type=int, default=2, help="-j for the fan-out, for every tool (the chain runs at -j1)")
     p.add_argument("--repeat", type=int, default=5, help="no-op and leaf-change repetitions (median)")
     p.add_argument("--full-repeat", type=int, default=3, help="full builds per tool, each from nothing (median), up to --full-repeat-max-n")
-    p.add_argument("--full-repeat-max-n", type=int, default=1000, help="largest N whose full build is repeated (default 1000)")
+    p.add_argument("--full-repeat-max-n", type=int, default=10000, help="largest N whose full build is repeated (default 10000)")
     p.add_argument("--timeout", type=float, help="seconds before a pipeline build is stopped (default 90; --quick 300)")
     p.add_argument("--extras-max-n", type=int, help="run 'touch source' and 'revert source' up to this N (default 1000; --quick 100)")
     p.add_argument("--for-max-n", type=int, help="measure the @for form of the fan-out up to this N (default: all; --quick 100)")
