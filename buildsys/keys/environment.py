@@ -43,7 +43,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import time
 from dataclasses import dataclass
 
@@ -136,6 +135,8 @@ def _find_interpreter(path: str) -> str | None:
 
 def _probe(interpreter: str, path: str) -> dict | None:
     """Run the interpreter once; its answer, or None if it fails, hangs or talks nonsense."""
+    import subprocess  # (once per interpreter and PATH, then cached: not on every build's path)
+
     env = {k: v for k, v in os.environ.items() if k in _PROBE_ENV or k.startswith("LC_")}
     env["PATH"] = path
     try:
