@@ -39,12 +39,11 @@ def yappi_child(out_json: str, bb_args: list[str]) -> None:
     yappi.start(builtins=True, profile_threads=True)
     t0 = time.perf_counter()
     import buildsys  # imported under the profiler: start-up is part of bb's cost
-    from buildsys.cli.main import entry
+    from buildsys.cli.main import main  # (not entry(): after a build it leaves through os._exit)
 
     sys.argv = ["bb", *bb_args]
     try:
-        entry()
-        rc = 0
+        rc = main()
     except SystemExit as e:
         rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     yappi.stop()
