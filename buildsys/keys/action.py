@@ -16,6 +16,8 @@ SCHEMA = "bb-action-3"
 
 @dataclass(frozen=True)
 class Action:
+    """One target fully resolved; its key is the digest of its canonical form."""
+
     target: str
     recipe: str
     inputs: tuple[tuple[str, str, bool], ...]  # (path, digest, executable), sorted; a directory's digest is its tree's

@@ -93,6 +93,8 @@ def normalize(name: str) -> str:
 
 @dataclass(frozen=True)
 class PythonEnvironment:
+    """The Python interpreter and packages the recipes run with, as keys see them."""
+
     interpreter: str  # implementation + version, e.g. "cpython-3.11.7"; never a path
     packages: tuple[str, ...]  # sorted "name==version", names PEP 503-normalized, without bb's own
     # Absolute paths whose stat changes when the answer may change: the

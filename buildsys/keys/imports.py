@@ -706,6 +706,8 @@ def local_imports(paths: list[str], root: str, cache: ImportCache | None = None,
 
 @dataclass
 class RecipeScan:
+    """The project's Python files a recipe runs, and the folders it puts on PYTHONPATH."""
+
     scripts: list[str] = field(default_factory=list)  # project-relative Python files the recipe runs
     path: list[str] = field(default_factory=list)  # project-relative folders it puts on PYTHONPATH
 

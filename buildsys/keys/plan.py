@@ -96,6 +96,8 @@ class UnusableInput(Exception):
 
 @dataclass
 class Planner:
+    """Keys, lookups and recorded results of one build's targets."""
+
     graph: Graph
     store: Store
     workspace: Workspace

@@ -93,6 +93,8 @@ def _short(text: str) -> str:
 
 @dataclass(frozen=True)
 class Attrs:
+    """A target's attributes from its @ lines, defaults filled in."""
+
     cpus: int = 1
     memory: int = 0  # bytes; 0 = unspecified
     gpus: int = 0
@@ -156,6 +158,8 @@ def _maker(producer: dict[str, str], dirs: set[str], path: str) -> str | None:
 
 @dataclass
 class Graph:
+    """The expanded Batchfile: every target, what it needs, and who makes each path."""
+
     targets: dict[str, Target]
     deps: dict[str, tuple[str, ...]]  # target -> targets it needs
     producer: dict[str, str]  # output path (no trailing slash) -> target

@@ -74,6 +74,8 @@ def render(value) -> str:
 
 @dataclass(frozen=True)
 class Assignment:
+    """`NAME = value` (or += or ?=) at the top level of a Batchfile."""
+
     name: str
     op: str  # "=", "+=" or "?="
     value: str | tuple | Record  # lists hold strings and records
@@ -83,6 +85,8 @@ class Assignment:
 
 @dataclass(frozen=True)
 class Attribute:
+    """A rule's `@name args...` line, such as @image or @cpus."""
+
     name: str
     args: tuple  # strings, or tuples of strings for list arguments
     location: Location
@@ -90,6 +94,8 @@ class Attribute:
 
 @dataclass(frozen=True)
 class Loop:
+    """`@for var in over`: the rule once per item."""
+
     var: str
     over: str | tuple  # a variable name, a range "1..10", or literal items
     location: Location
@@ -106,6 +112,8 @@ class Zip:
 
 @dataclass(frozen=True)
 class Rule:
+    """`outputs: inputs` and its recipe, as written (before variables and loops are expanded)."""
+
     outputs: tuple[str, ...]
     inputs: tuple[str, ...]
     recipe: str | None
@@ -117,6 +125,8 @@ class Rule:
 
 @dataclass(frozen=True)
 class Setting:
+    """One `name = value` line of the settings block."""
+
     name: str
     value: str | tuple[str, ...]
     location: Location
@@ -124,6 +134,8 @@ class Setting:
 
 @dataclass(frozen=True)
 class Batchfile:
+    """A parsed Batchfile, its includes spliced in, in the order written."""
+
     path: str
     assignments: tuple[Assignment, ...]
     rules: tuple[Rule, ...]

@@ -117,6 +117,8 @@ KNOWN = {
 
 @dataclass(frozen=True)
 class Settings:
+    """The settings block, checked, defaults filled in."""
+
     store: str = ""
     cache: str = ""
     cache_mode: str = "read-write"

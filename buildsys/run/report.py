@@ -9,6 +9,8 @@ WOULD_RUN = "would run"  # dry runs only
 
 @dataclass
 class TargetReport:
+    """What a build did with one target, for the progress lines and --json."""
+
     name: str
     status: str
     key: str | None = None

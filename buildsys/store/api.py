@@ -19,6 +19,8 @@ from buildsys.digest import FileDigest, compact_json, hash_bytes, is_digest, par
 
 @dataclass(frozen=True)
 class OutputEntry:
+    """One output of a result: its path and the digest of its bytes (or tree)."""
+
     path: str  # workspace-relative; a directory ends with "/"
     digest: str  # a file's digest, or the digest of a tree manifest
     size: int
@@ -27,6 +29,8 @@ class OutputEntry:
 
 @dataclass(frozen=True)
 class ActionResult:
+    """What running an action produced, stored under its key."""
+
     key: str
     outputs: tuple[OutputEntry, ...]
     exit_code: int

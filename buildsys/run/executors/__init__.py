@@ -20,6 +20,8 @@ from typing import Protocol
 
 @dataclass(frozen=True)
 class Job:
+    """One recipe to run here: its text, shell, folder and environment."""
+
     target: str
     recipe: str
     shell: str
@@ -30,6 +32,8 @@ class Job:
 
 @dataclass(frozen=True)
 class Outcome:
+    """How a Job ended, and what it printed."""
+
     exit_code: int
     started: float
     duration: float
@@ -54,6 +58,8 @@ class Executor(Protocol):
 
 @dataclass(frozen=True)
 class Resources:
+    """What a remote job asks of its backend."""
+
     cpus: int = 1
     memory: int = 0  # bytes; 0 = the backend's default
     gpus: int = 0
@@ -62,6 +68,8 @@ class Resources:
 
 @dataclass(frozen=True)
 class ActionJob:
+    """A hermetic action to run elsewhere: its inputs and recipe are in the store under `action`."""
+
     key: str  # the action key: the worker's result is recorded under it
     action: str  # digest of the action's JSON in the store
     target: str  # for display only
@@ -73,6 +81,8 @@ QUEUED, RUNNING = "queued", "running"  # stages a job goes through before it com
 
 @dataclass(frozen=True)
 class Completion:
+    """How a remote job ended, as its backend tells it."""
+
     key: str
     exit_code: int  # the recipe's (0: its result is in the store); -1: it never ran
     handle: str = ""  # where it ran: a container id, a Batch job id
