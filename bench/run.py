@@ -283,16 +283,16 @@ def measure_pipeline(p: Pipeline, results: list, where: str) -> None:
         the ratios."""
         rows, samples, rss = {}, {}, {}
         for tool in p.tools:
-            rows[tool] = {"where": where, "section": "pipeline", "shape": p.shape, "n": p.n, "scenario": scenario, "tool": tool, "jobs": p.jobs, "load": _load()}
+            rows[tool] = {"where": where, "section": "pipeline", "shape": p.shape, "n": p.n, "scenario": scenario, "tool": tool, "jobs": p.jobs}
             samples[tool], rss[tool] = [], []
             if heavy and state[tool] != "ok":
-                rows[tool].update(skipped=state[tool])
+                rows[tool].update(skipped=state[tool], load=_load())
         going = [t for t in p.tools if "skipped" not in rows[t]]
         for k in range(repeat):
             for tool in list(going):
                 row = rows[tool]
                 if k == 0:
-                    row["load"] = _load()
+                    row["load"] = _load()  # just before the tool's first sample
                 if prepare:
                     prepare(tool)
                 r = run(tool_cmd(tool, p.jobs), p.folder(tool), os.path.join(p.root, "logs", f"{tool}-{scenario.replace(' ', '_')}-{k}.log"), ARGS.timeout)

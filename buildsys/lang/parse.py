@@ -455,13 +455,14 @@ def parse_file(path: str | os.PathLike) -> Batchfile:
     def identity(file: str, where) -> str:
         try:
             real = os.path.realpath(file)
+        except ValueError as err:  # a NUL in the path
+            raise BatchfileError(f"cannot read '{show(file, 200)}': {show(str(err), 200)}.", where=where) from None
+        try:
             os.stat(real)  # (realpath does not say when it went round a symlink loop)
         except OSError as err:
             if err.errno == errno.ELOOP:
                 raise BatchfileError(f"cannot read '{show(file, 200)}': a symlink loop from '{show(str(err.filename or real), 200)}'.", where=where, hint="Point the include at a file, not at a link that leads back to itself.") from None
-        except ValueError as err:  # a NUL in the path
-            raise BatchfileError(f"cannot read '{show(file, 200)}': {show(str(err), 200)}.", where=where) from None
-        return real
+        return real  # (any other error is read_source's to report)
 
     # Includes are spliced in place: walk a stack of iterators, not recursion.
     pending = [iter(read(root, None))]
