@@ -229,3 +229,84 @@ def test_token_soup_parses_or_fails_cleanly(folder, text):
 def test_mutated_examples_parse_or_fail_cleanly(folder, data):
     assume(not _walks_outside(data))
     check(folder, data)
+
+
+# ---- the one-token rule header against the word-by-word reading ----------------
+
+
+@pytest.fixture(scope="module")
+def word_by_word():
+    """The parser without the HEADER shortcut: the grammar's own reference
+    for what every header means."""
+    from lark import Lark
+
+    from buildsys.lang import parse
+
+    text = parse._grammar().decode()
+    assert "\n      | HEADER _NL\n" in text
+    return Lark(text.replace("\n      | HEADER _NL\n", "\n"), parser="lalr", lexer="contextual")
+
+
+def read_with(parser, text: str):
+    """What parse_text gives with `parser` in place of bb's: the statements,
+    or the error as the user would read it."""
+    from buildsys.lang import parse
+
+    saved, parse._parser = parse._lark(), parser
+    try:
+        return parse.parse_text(text, "Batchfile")
+    except BBError as err:
+        return err.render()
+    finally:
+        parse._parser = saved
+
+
+def same_reading(word_by_word, data: bytes) -> None:
+    from buildsys.lang import parse
+
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return
+    assert read_with(parse._lark(), text) == read_with(word_by_word, text), f"read differently: {text!r}"
+
+
+HEADERS = [
+    "a b: c d # note\n\tcat $^ > $@\n", "out/$(a:b).txt: in.txt\n", "x: \\\n  y\n\tz\n", "includes: q\n", "include: q\n",
+    "settings: x\n", "settings:\n", "include q: r\n", "a:b\n", "a :b\n", "a: b: c\n", "a: b = c\n", "a b:\n", ": a\n",
+    "a:\r\n\tb\r\n", "a: b\x0c\n", "  a: b\n", "a: [b]\n", 'include "a" b: c\n', "X = [a,\nb: c\n]\n", "@phony\nall: a b\n",
+    "a: $(x y\n", "a: b\\\n", "a: b #c\n  d\n", "é: ∂\n", "a: b\n    c\n# gap\n\n    d\n",
+]
+
+
+@pytest.mark.parametrize("text", HEADERS)
+def test_header_shortcut_reads_as_word_by_word(word_by_word, text):
+    same_reading(word_by_word, text.encode())
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("tail", ["=", "[", "\\", ","])
+def test_header_that_is_not_one_is_refused_at_once(word_by_word, tail):
+    # A header pattern that could cut a long word many ways would backtrack
+    # through all of them (2^60 here) before giving the line back to the
+    # word-by-word reading: it must not hang.
+    same_reading(word_by_word, f"a: {'b' * 60}{tail}\n".encode())
+    same_reading(word_by_word, f"{'o' * 60} {'p$(x)' * 30}{tail}: c\n".encode())
+
+
+@settings(FUZZ, max_examples=800)
+@given(data=statements())
+def test_header_shortcut_on_grammar_shaped_files(word_by_word, data):
+    same_reading(word_by_word, data)
+
+
+@settings(FUZZ, max_examples=400)
+@given(text=token_text)
+def test_header_shortcut_on_token_soup(word_by_word, text):
+    same_reading(word_by_word, text.encode())
+
+
+@settings(FUZZ, max_examples=800)
+@given(data=mutated())
+def test_header_shortcut_on_mutated_examples(word_by_word, data):
+    same_reading(word_by_word, data)

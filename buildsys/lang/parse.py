@@ -28,6 +28,7 @@ TOKEN_WORDS = {
     "STRING": "a quoted string",
     "RAW": "a value",
     "RECIPE_LINE": "an indented recipe line",
+    "HEADER": "a path or name",  # (a whole rule header: where one may start, so may a word)
     "SETTING_NAME": "an indented 'name = value' setting",
     "_NL": "the end of the line",
     "COLON": "':'",
@@ -134,6 +135,15 @@ class _Load:
     def __init__(self, name: str, location: Location):
         self.name, self.location = name, location
 
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _Load) and (self.name, self.location) == (other.name, other.location)
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.location))
+
+    def __repr__(self) -> str:
+        return f"_Load({self.name!r}, {self.location!r})"
+
 
 class _ToModel:
     """Walks Lark's tree into model objects (a Transformer, written out so
@@ -237,9 +247,14 @@ class _ToModel:
                 header = child
             elif child.data == "recipe":
                 recipe = child
-        outputs, inputs = (tuple(str(w) for w in part.children) for part in header.children)
+        line = header.children[0]
+        if hasattr(line, "data"):
+            outputs, inputs = (tuple(str(w) for w in part.children) for part in header.children)
+            first = line.children[0]
+        else:  # one HEADER token: its words, as the lexer would have cut them
+            outputs, inputs = _header_words(line)
+            first = line
         text, first_line = self.recipe_text(recipe) if recipe is not None else (None, 0)
-        first = header.children[0].children[0]
         return Rule(outputs, inputs, text, tuple(attributes), tuple(loops), self.loc(first), first_line)
 
     def zip_loop(self, node) -> Zip:
@@ -265,6 +280,21 @@ class _ToModel:
         return textwrap.dedent("\n".join(line.rstrip() for line in body)), first
 
 
+_words = None
+
+
+def _header_words(header: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """A HEADER token's outputs and inputs, cut with the grammar's own WORD
+    pattern (greedy, as the lexer matches it; a ':' inside $(...) stays in
+    its word)."""
+    global _words
+    if _words is None:
+        _words = re.compile(f"(?:{_lark().get_terminal('WORD').pattern.to_regexp()})|:")
+    words = [m.group() for m in _words.finditer(header)]
+    colon = words.index(":")
+    return tuple(words[:colon]), tuple(words[colon + 1 :])
+
+
 def _excerpt(source: str, column: int) -> str:
     """The source line and a caret under `column` (tabs kept, so the caret
     lines up); a long line is cut to a window around the column."""
@@ -288,7 +318,10 @@ def _syntax_error(err, path: str, text: str) -> BatchfileError:
     expected = sorted({TOKEN_WORDS.get(t, t.lower()) for t in getattr(err, "expected", None) or getattr(err, "allowed", None) or ()})
     if isinstance(err, UnexpectedToken):
         kind = err.token.type
-        found = "end of file" if kind == "$END" else "end of line" if kind == "_NL" else f"'{show(str(err.token))}'"
+        # (a whole header line where no word may stand: the word-by-word
+        # reading stops at its first word, and so does the message)
+        token = _header_words(err.token)[0][0] if kind == "HEADER" else str(err.token)
+        found = "end of file" if kind == "$END" else "end of line" if kind == "_NL" else f"'{show(token)}'"
     elif isinstance(err, UnexpectedCharacters):
         found = f"'{show(err.char)}'"
     else:
