@@ -1235,6 +1235,9 @@ def build_graph(model: Batchfile, overrides: dict[str, str] | None = None, root:
                 cut = key.rfind("/", 0, cut)
 
     shared_attrs: dict[Attrs, Attrs] = {}
+    # A rule without @ lines has the settings' attributes, and is an alias if
+    # it has no recipe: two possible values, each worked out once.
+    bare: dict[bool, tuple] = {}
     for rule in model.rules:
         is_pattern = any("%" in o for o in rule.outputs)
         if is_pattern and not all("%" in o for o in rule.outputs):
@@ -1245,9 +1248,15 @@ def build_graph(model: Batchfile, overrides: dict[str, str] | None = None, root:
             )
         # Attributes without a variable are the same for every binding:
         # worked out once, not once per target of a 100,000-way @for.
-        fixed = None if any("$" in repr(attr.args) for attr in rule.attributes) else _attributes(rule, scope, settings, limits)
-        if fixed is not None:
-            fixed = (shared_attrs.setdefault(fixed[0], fixed[0]), *fixed[1:])
+        has_recipe = rule.recipe is not None
+        if not rule.attributes and has_recipe in bare:
+            fixed = bare[has_recipe]
+        else:
+            fixed = None if any("$" in repr(attr.args) for attr in rule.attributes) else _attributes(rule, scope, settings, limits)
+            if fixed is not None:
+                fixed = (shared_attrs.setdefault(fixed[0], fixed[0]), *fixed[1:])
+                if not rule.attributes:
+                    bare[has_recipe] = fixed
         for binds, params in _bindings(rule, scope, limits):
             local = dict(scope)
             local.update(binds)
