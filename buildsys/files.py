@@ -24,6 +24,38 @@ def write_atomic(path: str, data: bytes) -> None:
         raise
 
 
+# How many entries a cache folder of .bb keeps: enough for the Batchfile
+# versions and command lines a user goes back and forth between.
+CACHE_ENTRIES = 16
+
+
+def write_cache_entry(path: str, data: bytes) -> None:
+    """write_atomic into a cache folder (.bb/parse, .bb/graph, .bb/noop),
+    then remove all but its CACHE_ENTRIES newest entries: every Batchfile
+    edit and every new set of targets or overrides makes one (megabytes for
+    a large graph), and nothing else would ever remove them."""
+    write_atomic(path, data)
+    entries = []
+    try:
+        with os.scandir(os.path.dirname(path) or ".") as listing:
+            for entry in listing:
+                if entry.name.endswith(".tmp"):
+                    continue  # another bb's write in progress
+                try:
+                    entries.append((entry.stat(follow_symlinks=False).st_mtime_ns, entry.path))
+                except OSError:
+                    pass  # removed meanwhile
+    except OSError:
+        return
+    entries.sort()
+    for _, old in entries[:-CACHE_ENTRIES]:
+        if old != path:
+            try:
+                os.unlink(old)
+            except OSError:
+                pass
+
+
 def user_cache_dir() -> str | None:
     """bb's cache for what holds across all of a user's projects (the Python
     interpreters it has probed): $XDG_CACHE_HOME/bb, else ~/.cache/bb; None

@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import localstore
 from conftest import statuses
@@ -244,9 +245,41 @@ def test_clean_purge_rebuilds(project, tmp_path):
     project.bb("clean", "--purge", check=0)
     assert not project.exists("mid.txt") and not project.exists("out.txt")
     assert not project.exists(".bb/cas") and not project.exists(".bb/ac")
+    for cache in ("parse", "graph", "noop"):
+        assert not project.exists(f".bb/{cache}"), cache
     report = project.build()
     assert report["mid.txt"] == "built" and report["out.txt"] == "built", report
     assert runs(counter) == 4
+
+
+def test_caches_in_the_workspace_stay_bounded(project):
+    # Each Batchfile version leaves a parsed copy, and each new command line
+    # (here: overrides) a graph and a no-op stamp, megabytes for a large
+    # graph: only the newest are kept, and the newest still answer.
+    from buildsys.files import CACHE_ENTRIES
+
+    project.batchfile("""
+        X ?= 0
+        out.txt:
+            echo $(X) > $@
+        """)
+    for i in range(CACHE_ENTRIES + 4):
+        project.write("Batchfile", project.read("Batchfile") + f"# edit {i}\n", dedent=False)
+        last_started = time.time_ns()
+        assert project.build(f"X={i}") == {"out.txt": "built"}
+    for cache in ("parse", "graph", "noop"):
+        held = os.listdir(project.root / ".bb" / cache)
+        assert 0 < len(held) <= CACHE_ENTRIES, (cache, held)
+
+    def entries():
+        return {(cache, e.name, e.stat().st_mtime_ns) for cache in ("parse", "graph") for e in os.scandir(project.root / ".bb" / cache)}
+
+    kept = entries()
+    for cache in ("parse", "graph"):
+        assert any(c == cache and mtime >= last_started for c, _, mtime in kept), f"the last build's {cache} entry is kept"
+    assert project.build(f"X={CACHE_ENTRIES + 3}") == {"out.txt": "cached"}
+    assert project.read("out.txt") == f"{CACHE_ENTRIES + 3}\n"
+    assert entries() == kept, "the last command's parse and graph were kept: nothing parsed or expanded again"
 
 
 # ---- bb cache gc ------------------------------------------------------------------------------------------

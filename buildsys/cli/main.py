@@ -579,8 +579,9 @@ def cmd_clean(args) -> int:
     print(f"bb: removed {removed} output(s) from the workspace; the store still has them", file=sys.stderr)
     if args.purge:
         shutil.rmtree(ctx.store.root, ignore_errors=True)
-        shutil.rmtree(os.path.join(ctx.workspace.state, "noop"), ignore_errors=True)
-        print(f"bb: removed the local store {ctx.store.root}", file=sys.stderr)
+        for cache in ("noop", "graph", "parse"):
+            shutil.rmtree(os.path.join(ctx.workspace.state, cache), ignore_errors=True)
+        print(f"bb: removed the local store {ctx.store.root} and bb's caches", file=sys.stderr)
     return 0
 
 
@@ -722,7 +723,7 @@ def build_parser(commands: set[str] | None = None) -> argparse.ArgumentParser:
     if wanted("clean"):
         p = sub.add_parser("clean", parents=[common], help="remove targets' outputs from the workspace (the store keeps them)")
         p.add_argument("targets", nargs="*", metavar="TARGET")
-        p.add_argument("--purge", action="store_true", help="also delete the local store")
+        p.add_argument("--purge", action="store_true", help="also delete the local store and bb's caches (parsed Batchfiles, graphs, no-op stamps)")
         p.set_defaults(func=cmd_clean)
 
     if wanted("cache"):

@@ -236,10 +236,10 @@ def _outputs(ctx, target, sig, outputs: dict) -> None:
 def _save(path: str, stamp: dict) -> None:
     import marshal
 
-    from buildsys.files import write_atomic
+    from buildsys.files import write_cache_entry
 
     try:
-        write_atomic(path, marshal.dumps(stamp, 4))
+        write_cache_entry(path, marshal.dumps(stamp, 4))
     except OSError:
         pass
 

@@ -104,11 +104,11 @@ def save(state_dir: str, ident: list, graph, sources: dict, folders: dict, start
     import pickle
 
     from buildsys.digest import is_racy
-    from buildsys.files import write_atomic
+    from buildsys.files import write_cache_entry
 
     if any(sig is not None and is_racy(sig[1], started) for sig in sources.values()):
         return
     try:
-        write_atomic(_entry(state_dir, ident), pickle.dumps((ident, sources, folders, graph), protocol=pickle.HIGHEST_PROTOCOL))
+        write_cache_entry(_entry(state_dir, ident), pickle.dumps((ident, sources, folders, graph), protocol=pickle.HIGHEST_PROTOCOL))
     except (OSError, pickle.PicklingError, TypeError, AttributeError, RecursionError):
         pass

@@ -15,7 +15,7 @@ import sys
 import textwrap
 
 from buildsys.errors import BatchfileError
-from buildsys.files import write_atomic
+from buildsys.files import write_cache_entry
 from buildsys.lang.model import Assignment, Attribute, Batchfile, Location, Loop, Record, Rule, Setting, Zip, one_line, show
 
 # A link to grammar/batchfile.lark, so the grammar ships inside the package.
@@ -580,7 +580,7 @@ def load(path: str | os.PathLike, cache_dir: str | os.PathLike | None) -> Batchf
     model = parse_file(path)
     try:
         digests = [(p, hash_bytes(read_source(p))) for p in model.sources]
-        write_atomic(str(entry), pickle.dumps((model, digests), protocol=pickle.HIGHEST_PROTOCOL))
+        write_cache_entry(str(entry), pickle.dumps((model, digests), protocol=pickle.HIGHEST_PROTOCOL))
     except (OSError, BatchfileError):
         pass
     return model
